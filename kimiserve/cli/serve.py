@@ -1,0 +1,47 @@
+"""`kimiserve serve`: run the app under uvicorn and say where, what and how."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from kimiserve.app import create_app
+from kimiserve.services import Services
+from kimiserve.settings import Settings
+
+# WebSocket frames may carry inline images (base64 data URIs): 16 MiB is the documented cap.
+WS_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+def banner(settings: Settings, services: Services) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [f"kimiserve listening on {base} (HTTP POST / and /v1, SSE, /v1/chat/completions)"]
+    lines.append("models:")
+    for model in services.registry.models():
+        note = f"  [local stand-in: served by {model.stand_in_for}]" if model.stand_in_for else ""
+        lines.append(f"  {model.id}: {', '.join(model.names)}{note}")
+    if settings.open_mode:
+        lines.append("WARNING: open mode: requests are served WITHOUT authentication.")
+    else:
+        lines.append(
+            "authentication required: create a key with "
+            f"`kimiserve keys create --data-dir {settings.data_dir}`"
+        )
+    print("\n".join(lines), flush=True)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings, on_ready=lambda services: banner(settings, services))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=WS_MAX_FRAME_BYTES,
+        timeout_graceful_shutdown=5,
+    )
+    return 0

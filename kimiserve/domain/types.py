@@ -1,0 +1,124 @@
+"""The canonical request both protocols translate into, and the events every engine yields.
+
+Everything here is a frozen dataclass: built once at the protocol edge, never mutated after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "unknown"]
+ThinkingLevel = Literal["none", "low", "medium", "high", "xhigh"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: `arguments` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; `parameters` is the JSON Schema, as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = "{}"
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: Literal["auto", "required", "none", "named"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampler settings for one sequence. Defaults disable every sampler but temperature."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding: exactly one of a JSON Schema (JSON text) or a GBNF grammar."""
+
+    json_schema: str | None = None
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation (one sequence). `numberResults`/`n` fan out into several of these."""
+
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    constraint: Constraint | None = None
+    thinking: ThinkingLevel = "none"
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    images: tuple[str, ...] = ()
+    videos: tuple[str, ...] = ()
+    prompt_cache_key: str | None = None
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+
+
+Event = TextDelta | ReasoningDelta | ToolCallEvent | Usage | Finished

@@ -1,0 +1,48 @@
+"""A scripted engine for the layers above the engine and for faults.
+
+It speaks the same events as a real engine: the text is derived from the seed and the last
+message so tests can tell generations apart; `fail_after` makes a stream die mid-way and
+`delay_s` makes it slow. Never used on the main path: tests there run the real model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from kimiserve.domain.types import Event, Finished, GenerationRequest, TextDelta, Usage
+from kimiserve.engines.base import Capabilities, Health
+from kimiserve.errors import EngineError
+
+
+@dataclass
+class FakeEngine:
+    name: str = "fake"
+    capabilities: Capabilities = field(
+        default_factory=lambda: Capabilities(context_length=4096, max_concurrency=64)
+    )
+    delay_s: float = 0.0
+    fail_after: int | None = None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        last = request.messages[-1].content if request.messages else ""
+        words = [f"echo[{request.sampling.seed}]", *last.split()]
+        limit = request.sampling.max_tokens or len(words)
+        produced = 0
+        for word in words[:limit]:
+            if self.fail_after is not None and produced >= self.fail_after:
+                raise EngineError("The fake engine failed on purpose.")
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield TextDelta(("" if produced == 0 else " ") + word)
+            produced += 1
+        prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
+        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
+        yield Finished("length" if produced < len(words) else "stop")
+
+    async def health(self) -> Health:
+        return Health(ok=True)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,55 @@
+"""Served models: one canonical id and its aliases, the engine behind it and its price."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kimiserve.engines.base import Engine
+from kimiserve.errors import NotFound
+from kimiserve.platform.prices import Price
+
+KIMI_ID = "kimi-k2.6"
+KIMI_ALIASES = ("moonshotai:kimi@2.6", "moonshotai-kimi-k2-6", "kimi-k2.6")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    aliases: tuple[str, ...]
+    engine: Engine
+    price: Price
+    owned_by: str = "kimiserve"
+    stand_in_for: str | None = None  # set when a small local model answers for a bigger one
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *[a for a in self.aliases if a != self.id])
+
+
+class ModelRegistry:
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._models = list(models)
+        self._by_name: dict[str, ServedModel] = {}
+        for model in self._models:
+            for name in model.names:
+                self._by_name[name] = model
+
+    def resolve(self, name: str) -> ServedModel:
+        model = self._by_name.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._by_name))
+            raise NotFound(
+                f"Unknown model {name!r}. Served models: {known}.",
+                code="invalidModel",
+                parameter="model",
+            )
+        return model
+
+    def models(self) -> list[ServedModel]:
+        return list(self._models)
+
+    def engines(self) -> list[Engine]:
+        seen: dict[int, Engine] = {}
+        for model in self._models:
+            seen.setdefault(id(model.engine), model.engine)
+        return list(seen.values())

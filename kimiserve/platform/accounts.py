@@ -1,0 +1,24 @@
+"""Accounts: the default operator account and new ones."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from kimiserve.storage.sql.accounts import AccountRow, SqlAccountStore
+
+DEFAULT_ACCOUNT = "default"
+
+
+class Accounts:
+    def __init__(self, store: SqlAccountStore) -> None:
+        self._store = store
+
+    async def get_or_create(self, name: str = DEFAULT_ACCOUNT) -> AccountRow:
+        existing = await self._store.find_account_by_name(name)
+        if existing is not None:
+            return existing
+        return await self._store.create_account(str(uuid.uuid4()), name, "whsec_" + secrets.token_urlsafe(24))
+
+    async def get(self, account_id: str) -> AccountRow | None:
+        return await self._store.get_account(account_id)

@@ -1,0 +1,54 @@
+"""POST / and POST /v1: a JSON array of tasks (or one streaming task, answered as SSE)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from kimiserve.errors import InvalidRequest, KimiserveError
+from kimiserve.http.auth import authenticate, bearer_key, services_of
+from kimiserve.http.body import read_json
+from kimiserve.protocols.runware.dispatch import Dispatcher
+from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.stream import stream_task
+from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
+
+
+def _error_response(exc: BaseException, tasks: list[Any]) -> JSONResponse:
+    """One error per task (so clients can route it by taskUUID), or one for an empty array."""
+    items = [error_item(exc, task_type=task_type_of(t), task_uuid=task_uuid_of(t)) for t in tasks] or [
+        error_item(exc, task_type=None, task_uuid=None)
+    ]
+    return JSONResponse({"errors": items}, status_code=status_of(exc))
+
+
+def _split_auth(body: Any) -> tuple[str | None, list[Any]]:
+    if not isinstance(body, list) or not body:
+        raise InvalidRequest("The request body must be a non-empty JSON array of tasks.", parameter="body")
+    first = body[0]
+    if isinstance(first, dict) and first.get("taskType") == "authentication":
+        key = first.get("apiKey")
+        return (key if isinstance(key, str) else ""), body[1:]
+    return None, body
+
+
+async def post_tasks(request: Request) -> Response:
+    services = services_of(request)
+    tasks: list[Any] = []
+    try:
+        body = await read_json(request, services.settings.max_body_bytes)
+        body_key, tasks = _split_auth(body)
+        principal = await authenticate(services, body_key if body_key is not None else bearer_key(request))
+    except KimiserveError as exc:
+        return _error_response(exc, tasks)
+    if any(isinstance(t, dict) and t.get("deliveryMethod") == "stream" for t in tasks) and len(tasks) == 1:
+        return await stream_task(services, principal, tasks[0])
+    outcome = await Dispatcher(services).run_array(principal, tasks)
+    return JSONResponse(outcome.body(), status_code=outcome.status)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/", post_tasks, methods=["POST"]), Route("/v1", post_tasks, methods=["POST"])]

@@ -1,0 +1,122 @@
+"""The one typed container of what a running server holds, built and closed by the app."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kimiserve.domain.inference import Inference
+from kimiserve.domain.tasks import Tasks
+from kimiserve.engines.base import Engine
+from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
+from kimiserve.platform.accounts import Accounts
+from kimiserve.platform.api_keys import ApiKeys, Principal
+from kimiserve.platform.prices import FREE, Price
+from kimiserve.settings import Settings
+from kimiserve.storage.sql.accounts import SqlAccountStore
+from kimiserve.storage.sql.database import open_database
+from kimiserve.storage.sql.tasks import SqlTaskStore
+from kimiserve.storage.sql.usage import SqlUsageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    """Storage-backed services, without any engine: what the CLI needs."""
+
+    db: AsyncEngine
+    account_store: SqlAccountStore
+    accounts: Accounts
+    keys: ApiKeys
+    usage: SqlUsageStore
+    tasks: Tasks
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+        await self.db.dispose()
+
+
+async def open_platform(settings: Settings) -> Platform:
+    db = await open_database(settings.resolved_database_url())
+    store = SqlAccountStore(db)
+    return Platform(
+        db=db,
+        account_store=store,
+        accounts=Accounts(store),
+        keys=ApiKeys(store),
+        usage=SqlUsageStore(db),
+        tasks=Tasks(SqlTaskStore(db)),
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    platform: Platform
+    registry: ModelRegistry
+    inference: Inference
+    default_principal: Principal  # used only in open mode
+
+    async def aclose(self) -> None:
+        await self.platform.aclose()
+        for engine in self.registry.engines():
+            await engine.aclose()
+
+
+def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
+    """The embedded engine and the id its own model is served under."""
+    if settings.engine == "fake":
+        from kimiserve.engines.fake import FakeEngine
+
+        return FakeEngine(), "fake-echo"
+    from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine, default_model_path
+
+    path = settings.model_path or default_model_path()
+    config = LlamaCppConfig(
+        model_path=path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        max_sequences=settings.max_sequences,
+    )
+    model_id = Path(path).name.removesuffix(".gguf").split(".")[0].lower()
+    return LlamaCppEngine(config), model_id
+
+
+def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRegistry:
+    kimi_price = Price(
+        settings.price_input_per_million,
+        settings.price_output_per_million,
+        settings.price_cached_per_million,
+    )
+    embedded = ServedModel(id=model_id, aliases=(), engine=engine, price=FREE)
+    # No Kimi engine is configured: the embedded model answers for Kimi K2.6, said plainly.
+    kimi = ServedModel(
+        id=KIMI_ID,
+        aliases=KIMI_ALIASES,
+        engine=engine,
+        price=kimi_price,
+        owned_by="moonshotai",
+        stand_in_for=model_id,
+    )
+    return ModelRegistry([kimi, embedded])
+
+
+async def build_services(settings: Settings) -> Services:
+    platform = await open_platform(settings)
+    await platform.tasks.recover()
+    account = await platform.accounts.get_or_create()
+    engine, model_id = build_embedded_engine(settings)
+    start = getattr(engine, "start", None)
+    if start is not None:
+        await start()
+    return Services(
+        settings=settings,
+        platform=platform,
+        registry=build_registry(settings, engine, model_id),
+        inference=Inference(platform.account_store, platform.usage),
+        default_principal=Principal(account_id=account.id, key_id="open-mode"),
+    )

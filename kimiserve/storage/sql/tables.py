@@ -1,0 +1,67 @@
+"""Every table kimiserve stores, in one place (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # NULL balance = unlimited (the default for a self-hosted operator's own account).
+    sa.Column("balance_usd", sa.Float, nullable=True),
+    sa.Column("webhook_secret", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # public key id, part of the key text
+    sa.Column("account_id", sa.String(36), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # sha256 hex of the whole key
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_uuid", sa.String(36), primary_key=True),
+    sa.Column("account_id", sa.String(36), nullable=False, index=True),
+    sa.Column("task_type", sa.String(40), nullable=False),
+    sa.Column("delivery", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # processing | success | error
+    sa.Column("request_json", sa.Text, nullable=False),
+    sa.Column("results_json", sa.Text, nullable=True),
+    sa.Column("error_json", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+usage_records = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(36), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("protocol", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cached_tokens", sa.Integer, nullable=False),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)

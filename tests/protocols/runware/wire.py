@@ -1,0 +1,41 @@
+"""Small helpers for talking Runware over HTTP in tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+
+PROMPT = "Write one sentence about the sea."
+
+
+def text_task(**overrides: Any) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "taskType": "textInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "moonshotai:kimi@2.6",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "settings": {"maxTokens": 24, "temperature": 0.8},
+    }
+    settings = overrides.pop("settings", None)
+    if settings:
+        task["settings"] = {**task["settings"], **settings}
+    task.update(overrides)
+    return task
+
+
+def post(base_url: str, key: str | None, tasks: list[Any], timeout: float = 120) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{base_url}/v1", json=tasks, headers=headers, timeout=timeout)
+
+
+def sse_events(response: httpx.Response) -> list[Any]:
+    """The parsed `data:` payloads of an SSE response ("[DONE]" kept as the string)."""
+    out: list[Any] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
