@@ -53,7 +53,7 @@ class InvalidRequest(KimiserveError):
 
 
 class UnsupportedFeature(InvalidRequest):
-    code = "unsupportedParameter"
+    code = "unsupportedFeature"
 
 
 class ContextLengthExceeded(InvalidRequest):

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -43,6 +44,7 @@ class ServerProcess:
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
+    _log: IO[str] | None = None
 
     @property
     def base_url(self) -> str:
@@ -51,7 +53,7 @@ class ServerProcess:
     def start(self, timeout_s: float = 90.0) -> None:
         self.log_path = self.data_dir / f"server-{self.port}-{int(time.time() * 1000)}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("w")
+        self._log = log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -72,6 +74,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
@@ -86,6 +89,9 @@ class ServerProcess:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
     def stop(self, kill: bool = False) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self.proc is None:
             return
         if kill:

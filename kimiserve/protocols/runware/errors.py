@@ -40,9 +40,9 @@ def error_item(exc: BaseException, *, task_type: str | None, task_uuid: str | No
     item: dict[str, Any] = {"code": err.code, "message": err.message}
     if err.parameter:
         item["parameter"] = _PARAMETERS.get(err.parameter, err.parameter)
-    if task_type:
+    if task_type is not None:
         item["taskType"] = task_type
-    if task_uuid:
+    if task_uuid is not None:
         item["taskUUID"] = task_uuid
     item["documentation"] = DOCS
     return item
