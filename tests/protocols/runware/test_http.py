@@ -380,3 +380,22 @@ def test_prompt_is_not_logged(server: ServerProcess, api_key: str) -> None:
     _only_data(post(server.base_url, api_key, [text_task()]))
     assert PROMPT not in server.output()
     assert api_key not in server.output()
+
+
+def test_serve_banner(server: ServerProcess) -> None:
+    out = server.output()
+    assert f"listening on http://127.0.0.1:{server.port}" in out
+    assert "moonshotai:kimi@2.6" in out and "kimi-k2.6" in out and "moonshotai-kimi-k2-6" in out
+    assert "local stand-in" in out
+    assert "kimiserve keys create" in out
+    assert "WITHOUT authentication" not in out
+
+
+def test_open_mode_serves_without_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = ServerProcess(tmp_path, extra_args=("--open-mode",))
+    proc.start()
+    try:
+        assert "WITHOUT authentication" in proc.output()
+        assert _only_data(post(proc.base_url, None, [text_task()]))[0]["text"]
+    finally:
+        proc.stop()
