@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.protocols.openai.routes import routes as openai_routes
 from kimiserve.protocols.runware.routes import routes as runware_routes
+from kimiserve.protocols.runware.sessions import SessionRegistry
+from kimiserve.protocols.runware.ws import routes as runware_ws_routes
 from kimiserve.services import Services, build_services
 from kimiserve.settings import Settings
 
@@ -21,6 +23,16 @@ async def health(request: Request) -> JSONResponse:
     results = [await engine.health() for engine in services.registry.engines()]
     ok = all(h.ok for h in results)
     return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
+
+
+async def media(request: Request) -> Response:
+    """An uploaded image, by its imageUUID (unguessable, like a CDN link)."""
+    services: Services = request.app.state.services
+    found = await services.media.find(request.path_params["image_uuid"])
+    if found is None:
+        return JSONResponse({"errors": [{"code": "notFound", "message": "No such image."}]}, status_code=404)
+    path, content_type = found
+    return FileResponse(path, media_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
 
 
 def create_app(
@@ -34,14 +46,21 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services if services is not None else await build_services(settings)
         app.state.services = built
+        sessions = SessionRegistry(built.settings.ws_session_ttl_s, built.settings.ws_send_queue)
+        app.state.runware_sessions = sessions
         if on_ready is not None:
             on_ready(built)
         try:
             yield
         finally:
+            await sessions.aclose()
             await built.aclose()
 
-    all_routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    all_routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/media/{image_uuid}", media, methods=["GET"]),
+    ]
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
     all_routes += runware_routes()
+    all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     return Starlette(routes=all_routes, lifespan=lifespan)

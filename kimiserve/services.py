@@ -8,16 +8,21 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
 from kimiserve.domain.inference import Inference
-from kimiserve.domain.tasks import Tasks
+from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.base import Engine
 from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
+from kimiserve.media.fetch import AddressPolicy, SafeFetcher
+from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.accounts import Accounts
 from kimiserve.platform.api_keys import ApiKeys, Principal
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
+from kimiserve.storage.sql.media import SqlMediaStore
+from kimiserve.storage.sql.outbox import SqlOutboxStore
 from kimiserve.storage.sql.tasks import SqlTaskStore
 from kimiserve.storage.sql.usage import SqlUsageStore
 
@@ -60,9 +65,14 @@ class Services:
     registry: ModelRegistry
     inference: Inference
     default_principal: Principal  # used only in open mode
+    fetcher: SafeFetcher  # the only way to reach a URL a client gave us
+    media: MediaStore
+    webhooks: WebhookOutbox
 
     async def aclose(self) -> None:
+        await self.webhooks.aclose()
         await self.platform.aclose()
+        await self.fetcher.aclose()
         for engine in self.registry.engines():
             await engine.aclose()
 
@@ -105,18 +115,58 @@ def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRe
     return ModelRegistry([kimi, embedded])
 
 
+def build_fetcher(settings: Settings) -> SafeFetcher:
+    return SafeFetcher(
+        AddressPolicy.allowing(settings.allow_private_hosts),
+        timeout_s=settings.fetch_timeout_s,
+        max_bytes=settings.fetch_max_bytes,
+    )
+
+
+def build_webhooks(settings: Settings, platform: Platform, fetcher: SafeFetcher) -> WebhookOutbox:
+    config = WebhookConfig(
+        timeout_s=settings.webhook_timeout_s,
+        backoff_base_s=settings.webhook_backoff_base_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        retry_window_s=settings.webhook_retry_window_s,
+        concurrency=settings.webhook_concurrency,
+    )
+    return WebhookOutbox(SqlOutboxStore(platform.db), platform.account_store, fetcher, config)
+
+
+async def notify_interrupted_webhooks(webhooks: WebhookOutbox) -> None:
+    """Webhook tasks a restart cut off get an error delivery, so their receiver is not left waiting."""
+    for task_uuid, account_id, request in await webhooks.store.interrupted_webhook_tasks():
+        url = request.get("webhookURL")
+        if isinstance(url, str):
+            error = {**INTERRUPTED, "taskType": request.get("taskType"), "taskUUID": task_uuid}
+            await webhooks.enqueue(
+                delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
+            )
+
+
 async def build_services(settings: Settings) -> Services:
     platform = await open_platform(settings)
+    fetcher = build_fetcher(settings)
+    webhooks = build_webhooks(settings, platform, fetcher)
+    await notify_interrupted_webhooks(webhooks)
     await platform.tasks.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
     start = getattr(engine, "start", None)
     if start is not None:
         await start()
-    return Services(
+    services = Services(
         settings=settings,
         platform=platform,
         registry=build_registry(settings, engine, model_id),
         inference=Inference(platform.account_store, platform.usage),
         default_principal=Principal(account_id=account.id, key_id="open-mode"),
+        fetcher=fetcher,
+        media=MediaStore(
+            settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, settings.fetch_max_bytes
+        ),
+        webhooks=webhooks,
     )
+    webhooks.start()
+    return services

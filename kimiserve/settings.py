@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -31,7 +32,11 @@ class Settings(BaseSettings):
     model_path: str | None = Field(
         None, description="GGUF file for the embedded engine; default the bundled SmolLM2-135M."
     )
-    n_ctx: int = Field(8192, description="Embedded engine KV-cache size in tokens.")
+    n_ctx: int = Field(
+        65536,
+        description="Embedded engine KV cache in tokens, across all sequences: each of the "
+        "max_sequences gets n_ctx / max_sequences (4096 by default; ~23 KB per token for SmolLM2).",
+    )
     n_threads: int | None = Field(None, description="Embedded engine threads; default all cores.")
     max_sequences: int = Field(16, description="Embedded engine: sequences decoded together.")
     price_input_per_million: float = Field(0.48, description="USD per 1M input tokens (Kimi K2.6).")
@@ -41,6 +46,41 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(10.0, description="Seconds between SSE keep-alive comments.")
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted request body.")
     log_level: str = Field("info", description="Log level.")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach this server at (for imageURL); default from the request."
+    )
+    allow_private_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names, IPs or CIDR networks that URL fetches and webhooks may reach even though "
+        "they are private (comma-separated), e.g. a local webhook receiver during development.",
+    )
+    fetch_timeout_s: float = Field(20.0, description="Total time limit of one URL fetch (inputs, uploads).")
+    fetch_max_bytes: int = Field(16 * 1024 * 1024, description="Largest body a URL fetch may return.")
+    webhook_timeout_s: float = Field(10.0, description="Total time limit of one webhook delivery attempt.")
+    webhook_backoff_base_s: float = Field(
+        5.0, description="First webhook retry delay; doubles per attempt (with jitter)."
+    )
+    webhook_backoff_max_s: float = Field(3600.0, description="Longest delay between webhook retries.")
+    webhook_retry_window_s: float = Field(
+        2 * 86400.0, description="How long a webhook delivery is retried before it is given up."
+    )
+    webhook_concurrency: int = Field(8, description="Webhook deliveries attempted at the same time.")
+    ws_idle_timeout_s: float = Field(120.0, description="A WebSocket silent this long is closed.")
+    ws_session_ttl_s: float = Field(
+        120.0, description="How long a WebSocket session's results are kept for a resume after it closes."
+    )
+    ws_max_in_flight: int = Field(64, description="Tasks one WebSocket connection may have running at once.")
+    ws_send_queue: int = Field(256, description="Messages queued for one WebSocket before it is stuck.")
+
+    @field_validator("allow_private_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

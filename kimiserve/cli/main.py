@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     _add_data_dir(revoke)
+
+    accounts = sub.add_parser("accounts", help="inspect accounts")
+    accounts_sub = accounts.add_subparsers(dest="accounts_command", required=True)
+    secret = accounts_sub.add_parser(
+        "webhook-secret", help="show the secret webhooks are signed with; printed alone on the last line"
+    )
+    secret.add_argument("--account", default="default", help="account name (default: default)")
+    _add_data_dir(secret)
     return parser
 
 
@@ -62,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
+    if args.command == "accounts":
+        from kimiserve.cli import accounts
+
+        return asyncio.run(accounts.run(settings, args))
     from kimiserve.cli import keys
 
     return asyncio.run(keys.run(settings, args))

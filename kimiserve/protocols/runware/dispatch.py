@@ -1,7 +1,9 @@
-"""taskType → handler, for task arrays from HTTP (and, later, the WebSocket).
+"""taskType → handler, for task arrays from HTTP and the WebSocket.
 
 Each task succeeds or fails on its own: a handler returns its data items or raises, and the
-caller renders the error for that task alone.
+caller renders the error for that task alone. Deliveries: `sync` answers with the results,
+`async` with an acknowledgement (results via getResponse), and a task with `webhookURL` is
+acknowledged the same way and then POSTs each generation to that URL through the outbox.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kimiserve.domain.inference import fan_out
+from kimiserve.delivery.webhooks import delivery_id
+from kimiserve.domain.inference import Generation, fan_out
 from kimiserve.domain.tasks import Tasks
 from kimiserve.engines.registry import ServedModel
-from kimiserve.errors import KimiserveError, UnsupportedFeature
+from kimiserve.errors import InvalidRequest, KimiserveError, UnsupportedFeature
+from kimiserve.media.fetch import FetchError
+from kimiserve.media.resolve import resolve_images
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
 from kimiserve.protocols.runware.errors import error_item, status_of, to_error
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
 from kimiserve.services import Services
+from kimiserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +63,20 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     return {"code": err.code, "message": err.message, "parameter": err.parameter, "status": err.status}
 
 
+def public_base_url(settings: Settings) -> str:
+    """Where clients reach this server, when the transport cannot tell (no request to look at)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
 class Dispatcher:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, base_url: str | None = None) -> None:
+        """`base_url`: the server's URL as this client reached it (for the imageURL of uploads)."""
         self._services = services
+        self._base_url = (base_url or public_base_url(services.settings)).rstrip("/")
 
     @property
     def tasks(self) -> Tasks:
@@ -95,42 +112,83 @@ class Dispatcher:
             return await self.get_response(principal, wire["taskUUID"])
         if task_type == "getTaskDetails":
             return await self.get_task_details(principal, wire["taskUUID"])
+        if task_type == "imageUpload":
+            return await self.image_upload(principal, wire)
         if task_type == "authentication":
             return []  # already handled by the transport
         raise UnsupportedFeature(
             f"taskType {task_type!r} is not supported here.", code="unsupportedTaskType", parameter="taskType"
         )
 
-    def prepare(self, wire: dict[str, Any]) -> ServedModel:
-        """Checks shared by every delivery, before the task is recorded."""
+    def prepare(self, wire: dict[str, Any], *, resolves_images: bool = False) -> ServedModel:
+        """Checks shared by every delivery, before the task is recorded.
+
+        A caller that passes `resolves_images` must call `resolve_images` next.
+        """
         model = self._services.registry.resolve(wire["model"])
-        translate.refuse_unsupported(wire)
+        translate.refuse_unsupported(wire, resolves_images=resolves_images)
         return model
 
+    async def resolve_images(
+        self, principal: Principal, wire: dict[str, Any], model: ServedModel
+    ) -> tuple[str, ...]:
+        """The task's `inputs.images` as data URIs; an image that cannot be had names its index."""
+        refs = (wire.get("inputs") or {}).get("images") or []
+        if not refs:
+            return ()
+        images = await resolve_images(self._services.media, principal.account_id, refs)
+        if not model.engine.capabilities.vision:
+            served = model.stand_in_for or model.id
+            raise UnsupportedFeature(
+                f"The served model ({served}) has no image input; send the task without inputs.images.",
+                parameter="inputs.images",
+            )
+        return tuple(image.data_uri() for image in images)
+
+    async def check_webhook(self, url: str) -> None:
+        try:
+            await self._services.fetcher.check_url(url)
+        except FetchError as exc:
+            raise InvalidRequest(
+                f"webhookURL: {exc}", code="invalidWebhookURL", parameter="webhookURL"
+            ) from None
+
     async def text_inference(self, principal: Principal, wire: dict[str, Any]) -> list[dict[str, Any]]:
-        model = self.prepare(wire)
+        model = self.prepare(wire, resolves_images=True)
         delivery = wire.get("deliveryMethod", "sync")
         if delivery == "stream":
             raise UnsupportedFeature(
                 "deliveryMethod 'stream' must be the only task of its request.", parameter="deliveryMethod"
             )
+        images = await self.resolve_images(principal, wire, model)
+        if wire.get("webhookURL") is not None:
+            await self.check_webhook(wire["webhookURL"])
+            delivery = "webhook"
         await self._services.inference.admit(principal)
         task_uuid = wire["taskUUID"]
         await self.tasks.begin(principal, task_uuid, "textInference", delivery, wire)
-        work = self.execute(principal, model, wire)
+        if delivery == "webhook":
+            self.tasks.spawn(self._background(self.execute_webhook(principal, model, wire, images)))
+            return [{"taskType": "textInference", "taskUUID": task_uuid}]
+        work = self.execute(principal, model, wire, images)
         if delivery == "async":
             self.tasks.spawn(self._background(work))
             return [{"taskType": "textInference", "taskUUID": task_uuid}]
         return await work
 
+    def generations(
+        self, wire: dict[str, Any], model: ServedModel, images: tuple[str, ...]
+    ) -> list[Generation]:
+        base = translate.to_generation_request(wire, model.id, images)
+        return fan_out(base, wire.get("seed"), wire.get("numberResults", 1))
+
     async def execute(
-        self, principal: Principal, model: ServedModel, wire: dict[str, Any]
+        self, principal: Principal, model: ServedModel, wire: dict[str, Any], images: tuple[str, ...] = ()
     ) -> list[dict[str, Any]]:
         """Run the N generations, store the outcome durably, return the items (or raise)."""
         task_uuid = wire["taskUUID"]
         try:
-            base = translate.to_generation_request(wire, model.id)
-            generations = fan_out(base, wire.get("seed"), wire.get("numberResults", 1))
+            generations = self.generations(wire, model, images)
             results = await self._services.inference.run_all(
                 principal, model, generations, request_id=task_uuid, protocol=PROTOCOL
             )
@@ -140,6 +198,79 @@ class Dispatcher:
         items = [translate.result_item(wire, r) for r in results]
         await self.tasks.complete(task_uuid, items)
         return items
+
+    async def execute_webhook(
+        self, principal: Principal, model: ServedModel, wire: dict[str, Any], images: tuple[str, ...]
+    ) -> None:
+        """Each generation is enqueued for its webhook POST as soon as it ends, success or error.
+
+        A shutdown mid-run leaves the task `processing`: the next start-up sends its receiver a
+        `taskInterrupted` error (services.notify_interrupted_webhooks) and ends the task.
+        """
+        task_uuid = wire["taskUUID"]
+        account_id = principal.account_id
+        url = wire["webhookURL"]
+        webhooks = self._services.webhooks
+
+        async def one(index: int, generation: Generation) -> dict[str, Any]:
+            try:
+                result = await self._services.inference.run(
+                    principal, model, generation, request_id=task_uuid, protocol=PROTOCOL
+                )
+            except Exception as exc:
+                error = error_item(exc, task_type="textInference", task_uuid=task_uuid)
+                await webhooks.enqueue(
+                    delivery_id(task_uuid, index), account_id, task_uuid, url, {"errors": [error]}
+                )
+                raise
+            item = translate.result_item(wire, result)
+            await webhooks.enqueue(
+                delivery_id(task_uuid, index), account_id, task_uuid, url, {"data": [item]}
+            )
+            return item
+
+        try:
+            generations = self.generations(wire, model, images)
+        except Exception as exc:
+            error = error_item(exc, task_type="textInference", task_uuid=task_uuid)
+            await webhooks.enqueue(
+                delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
+            )
+            await self.tasks.fail(task_uuid, error_record(exc))
+            raise
+        outcomes = await asyncio.gather(
+            *(one(i, g) for i, g in enumerate(generations)), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if any(isinstance(f, asyncio.CancelledError) for f in failures):
+            raise asyncio.CancelledError
+        if failures:
+            await self.tasks.fail(task_uuid, error_record(failures[0]))
+            raise failures[0]
+        await self.tasks.complete(task_uuid, [o for o in outcomes if not isinstance(o, BaseException)])
+
+    async def image_upload(self, principal: Principal, wire: dict[str, Any]) -> list[dict[str, Any]]:
+        """Store the image under a new imageUUID, served back at /media/<imageUUID>."""
+        task_uuid = wire["taskUUID"]
+        image: str = wire["image"]
+        shown = (
+            image if image.startswith(("http://", "https://")) else f"<{len(image)} characters of image data>"
+        )
+        record = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": shown}
+        await self.tasks.begin(principal, task_uuid, "imageUpload", "sync", record)
+        try:
+            stored = await self._services.media.upload(principal.account_id, image, parameter="image")
+        except BaseException as exc:
+            await asyncio.shield(self.tasks.fail(task_uuid, error_record(exc)))
+            raise
+        item = {
+            "taskType": "imageUpload",
+            "taskUUID": task_uuid,
+            "imageUUID": stored.id,
+            "imageURL": f"{self._base_url}/media/{stored.id}",
+        }
+        await self.tasks.complete(task_uuid, [item])
+        return [item]
 
     async def _background(self, work: Any) -> None:
         try:

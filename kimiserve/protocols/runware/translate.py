@@ -18,8 +18,13 @@ TASK_TYPE = "textInference"
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "stop", "content_filter": "content_filter"}
 
 
-def refuse_unsupported(task: dict[str, Any]) -> None:
-    """Fields whose behaviour lands in later work: validated already, refused by name here."""
+def refuse_unsupported(task: dict[str, Any], *, resolves_images: bool = False) -> None:
+    """Fields whose behaviour lands in later work: validated already, refused by name here.
+
+    `inputs.images` is left to a caller that resolves the images first (`resolves_images`),
+    so that an image that cannot be had is named by its index before the model's lack of
+    vision is reported; any other caller gets the images refused outright.
+    """
     settings = task.get("settings") or {}
     if task.get("tools") is not None:
         raise UnsupportedFeature("Tool calling is not available on this server yet.", parameter="tools")
@@ -31,15 +36,17 @@ def refuse_unsupported(task: dict[str, Any]) -> None:
             parameter="settings.thinkingLevel",
         )
     inputs = task.get("inputs") or {}
-    for name in ("images", "videos", "documents"):
+    if inputs.get("images") and not resolves_images:
+        raise UnsupportedFeature("The served model has no image input.", parameter="inputs.images")
+    for name in ("videos", "documents"):
         if inputs.get(name):
             raise UnsupportedFeature(
                 f"The served model has no {name[:-1]} input.", parameter=f"inputs.{name}"
             )
-    if inputs:
-        raise UnsupportedFeature("This model takes no media inputs.", parameter="inputs")
-    if task.get("webhookURL") is not None:
-        raise UnsupportedFeature("webhookURL delivery is not available yet.", parameter="webhookURL")
+    if task.get("webhookURL") is not None and task.get("deliveryMethod") == "stream":
+        raise UnsupportedFeature(
+            "webhookURL cannot be combined with deliveryMethod 'stream'.", parameter="webhookURL"
+        )
 
 
 def _message(raw: dict[str, Any]) -> Message:
@@ -55,7 +62,10 @@ def _message(raw: dict[str, Any]) -> Message:
     return Message(role=role, content=str(raw.get("content") or ""), tool_calls=calls)
 
 
-def to_generation_request(task: dict[str, Any], model_id: str) -> GenerationRequest:
+def to_generation_request(
+    task: dict[str, Any], model_id: str, images: tuple[str, ...] = ()
+) -> GenerationRequest:
+    """`images` are the task's resolved `inputs.images`, as data URIs."""
     settings = task.get("settings") or {}
     messages = [_message(m) for m in task["messages"]]
     if settings.get("systemPrompt"):
@@ -75,6 +85,7 @@ def to_generation_request(task: dict[str, Any], model_id: str) -> GenerationRequ
         model=model_id,
         messages=tuple(messages),
         sampling=sampling,
+        images=images,
         prompt_cache_key=settings.get("promptCacheKey"),
     )
 

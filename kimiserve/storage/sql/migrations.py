@@ -18,8 +18,14 @@ def _m001_initial(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _m002_webhooks_media(conn: Connection) -> None:
+    for table in (tables.webhook_outbox, tables.media):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     ("001_initial", _m001_initial),
+    ("002_webhooks_media", _m002_webhooks_media),
 ]
 
 

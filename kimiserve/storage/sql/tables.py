@@ -65,3 +65,33 @@ schema_migrations = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("applied_at", sa.Float, nullable=False),
 )
+
+# ---- 002_webhooks_media ---------------------------------------------------------------------
+
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),  # the `webhook-id`, the same on every attempt
+    sa.Column("account_id", sa.String(36), nullable=False),
+    sa.Column("task_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the exact JSON text that is signed and sent
+    sa.Column("status", sa.String(20), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    # When the next attempt is due; a worker claims a row by moving this forward (a lease).
+    sa.Column("next_attempt_at", sa.Float, nullable=False, index=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+media = sa.Table(
+    "media",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # the imageUUID
+    sa.Column("account_id", sa.String(36), nullable=False, index=True),
+    sa.Column("content_type", sa.String(100), nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -14,6 +14,8 @@ from tests.protocols.runware.wire import PROMPT, post, sse_events, text_task
 from tests.serverproc import ServerProcess
 
 KIMI_PRICE = (0.48, 2.00, 0.08)
+# Longer than the default system prompt SmolLM2's chat template adds when none is given.
+PIRATE = "You are a pirate captain of the seven seas. " * 8
 
 
 def _only_data(response: httpx.Response) -> list[dict]:
@@ -104,7 +106,7 @@ def test_system_prompt_changes_the_prompt(server: ServerProcess, api_key: str) -
         post(
             server.base_url,
             api_key,
-            [text_task(includeUsage=True, settings={"systemPrompt": "You are a pirate. Answer like one."})],
+            [text_task(includeUsage=True, settings={"systemPrompt": PIRATE})],
         )
     )[0]
     assert system["usage"]["promptTokens"] > plain["usage"]["promptTokens"] + 5
@@ -339,6 +341,7 @@ def test_results_survive_restart_and_interrupted_tasks_end(tmp_path) -> None:  #
         [before] = _only_data(
             post(proc.base_url, key, [{"taskType": "getResponse", "taskUUID": done["taskUUID"]}])
         )
+        assert before["status"] == "success", before
         long = text_task(
             deliveryMethod="async",
             messages=[{"role": "user", "content": "Write a very long essay about mountains."}],

@@ -1,0 +1,44 @@
+"""Uploaded media records (the bytes live in files under the data directory)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kimiserve.storage.sql.tables import media
+
+
+@dataclass(frozen=True)
+class MediaRow:
+    id: str
+    account_id: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+class SqlMediaStore:
+    def __init__(self, db: AsyncEngine) -> None:
+        self._db = db
+
+    async def add(self, row: MediaRow) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(
+                media.insert().values(
+                    id=row.id,
+                    account_id=row.account_id,
+                    content_type=row.content_type,
+                    size_bytes=row.size_bytes,
+                    sha256=row.sha256,
+                    created_at=time.time(),
+                )
+            )
+
+    async def get(self, media_id: str) -> MediaRow | None:
+        async with self._db.connect() as conn:
+            r = (await conn.execute(media.select().where(media.c.id == media_id))).first()
+        if r is None:
+            return None
+        return MediaRow(r.id, r.account_id, r.content_type, r.size_bytes, r.sha256)
