@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     price_input_per_million: float = Field(0.48, description="USD per 1M input tokens (Kimi K2.6).")
     price_output_per_million: float = Field(2.00, description="USD per 1M output tokens (Kimi K2.6).")
     price_cached_per_million: float = Field(0.08, description="USD per 1M cached input tokens.")
-    get_response_wait_s: float = Field(20.0, description="How long getResponse holds its reply open.")
+    get_response_wait_s: float = Field(25.0, description="How long getResponse holds its reply open.")
     keepalive_s: float = Field(10.0, description="Seconds between SSE keep-alive comments.")
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted request body.")
     log_level: str = Field("info", description="Log level.")

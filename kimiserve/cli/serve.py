@@ -16,7 +16,12 @@ WS_MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 def banner(settings: Settings, services: Services) -> None:
     base = f"http://{settings.host}:{settings.port}"
-    lines = [f"kimiserve listening on {base} (HTTP POST / and /v1, SSE, /v1/chat/completions)"]
+    ws = base.replace("http://", "ws://", 1)
+    lines = [
+        f"kimiserve listening on {base}",
+        f"  Runware tasks: POST {base}/v1 (and /), WebSocket {ws}/v1 (and /), SSE streams",
+        f"  OpenAI-compatible: {base}/v1/chat/completions, {base}/v1/models",
+    ]
     lines.append("models:")
     for model in services.registry.models():
         note = f"  [local stand-in: served by {model.stand_in_for}]" if model.stand_in_for else ""
@@ -35,6 +40,8 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request URL at INFO; webhook URLs may carry secrets.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings, on_ready=lambda services: banner(settings, services))
     uvicorn.run(
         app,

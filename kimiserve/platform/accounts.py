@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 
@@ -18,7 +19,9 @@ class Accounts:
         existing = await self._store.find_account_by_name(name)
         if existing is not None:
             return existing
-        return await self._store.create_account(str(uuid.uuid4()), name, "whsec_" + secrets.token_urlsafe(24))
+        # Standard Webhooks secrets are standard-alphabet base64 after the prefix.
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        return await self._store.create_account(str(uuid.uuid4()), name, secret)
 
     async def get(self, account_id: str) -> AccountRow | None:
         return await self._store.get_account(account_id)

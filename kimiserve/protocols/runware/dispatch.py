@@ -15,7 +15,7 @@ from typing import Any
 
 from kimiserve.delivery.webhooks import delivery_id
 from kimiserve.domain.inference import Generation, fan_out
-from kimiserve.domain.tasks import Tasks
+from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, KimiserveError, UnsupportedFeature
 from kimiserve.media.fetch import FetchError
@@ -192,8 +192,11 @@ class Dispatcher:
             results = await self._services.inference.run_all(
                 principal, model, generations, request_id=task_uuid, protocol=PROTOCOL
             )
-        except BaseException as exc:
-            await asyncio.shield(self.tasks.fail(task_uuid, error_record(exc)))
+        except asyncio.CancelledError:  # shutting down: the task was cut off, not failed
+            await asyncio.shield(self.tasks.fail(task_uuid, INTERRUPTED))
+            raise
+        except Exception as exc:
+            await self.tasks.fail(task_uuid, error_record(exc))
             raise
         items = [translate.result_item(wire, r) for r in results]
         await self.tasks.complete(task_uuid, items)

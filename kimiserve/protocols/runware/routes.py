@@ -46,7 +46,7 @@ async def post_tasks(request: Request) -> Response:
         return _error_response(exc, tasks)
     if any(isinstance(t, dict) and t.get("deliveryMethod") == "stream" for t in tasks) and len(tasks) == 1:
         return await stream_task(services, principal, tasks[0])
-    outcome = await Dispatcher(services).run_array(principal, tasks)
+    outcome = await Dispatcher(services, base_url=str(request.base_url)).run_array(principal, tasks)
     return JSONResponse(outcome.body(), status_code=outcome.status)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from kimiserve.domain.inference import Accumulator, Generation, fan_out
+from kimiserve.domain.inference import Accumulator, Generation
 from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
 from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest
@@ -37,18 +37,19 @@ async def stream_task(services: Services, principal: Principal, raw: Any) -> Res
     try:
         parse_task(raw)
         wire: dict[str, Any] = raw
-        model = Dispatcher(services).prepare(wire)
+        dispatcher = Dispatcher(services)
+        model = dispatcher.prepare(wire, resolves_images=True)
         if wire.get("numberResults", 1) != 1:
             raise InvalidRequest(
                 "deliveryMethod 'stream' delivers one result: numberResults must be 1.",
                 parameter="numberResults",
                 code="invalidNumberResults",
             )
+        images = await dispatcher.resolve_images(principal, wire, model)
         await services.inference.admit(principal)
         await tasks.begin(principal, wire["taskUUID"], "textInference", "stream", wire)
         begun = True
-        base = translate.to_generation_request(wire, model.id)
-        generation = fan_out(base, wire.get("seed"), 1)[0]
+        [generation] = dispatcher.generations(wire, model, images)
         events = services.inference.stream(
             principal, model, generation, request_id=wire["taskUUID"], protocol=PROTOCOL
         )
