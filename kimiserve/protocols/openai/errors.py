@@ -1,0 +1,133 @@
+"""The one place OpenAI-protocol errors are rendered: `{"error": {message, type, param, code}}`.
+
+Statuses are OpenAI's: 400 for a bad parameter (with `param`), 401 for a bad key, 404 for an
+unknown model, 429 for limits and for an exhausted balance (OpenAI's `insufficient_quota`), and
+500 for everything unexpected: logged with the request id, which the message repeats. Nothing
+unexpected is ever shown as a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError
+
+log = logging.getLogger(__name__)
+
+# Domain canonical parameter names, as this protocol spells them. Names not listed pass through
+# (translate.py raises with OpenAI names already, e.g. `messages[0].content[1]`).
+PARAMETERS: Mapping[str, str | None] = {
+    "max_tokens": "max_completion_tokens",
+    "messages": "messages",
+    "images": "messages",
+    "videos": "messages",
+    "response_format": "response_format",
+    "constraint": "response_format",
+    "json_schema": "response_format",
+    "grammar": "response_format",
+    "model": "model",
+    "thinking": "thinking",
+    "apiKey": None,  # OpenAI reports key problems without a param
+    "body": None,
+}
+
+# Domain error codes, as OpenAI spells them; others go from camelCase to snake_case.
+CODES: Mapping[str, str] = {
+    "invalidModel": "model_not_found",
+    "invalidApiKey": "invalid_api_key",
+    "missingApiKey": "invalid_api_key",
+    "invalidParameter": "invalid_value",
+    "unsupportedParameter": "unsupported_parameter",
+    "unsupportedFeature": "unsupported_parameter",
+    "invalidGrammar": "invalid_value",
+    "insufficientCredits": "insufficient_quota",
+    "rateLimitExceeded": "rate_limit_exceeded",
+    "inferenceError": "server_error",
+}
+
+TYPES: Mapping[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+_UNION_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _snake(code: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
+
+
+def _param_of(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as OpenAI writes a param: `messages[0].content[1].type`.
+
+    Union member labels (`str`, `list[ContentPart]`, `NamedToolChoice`) are left out.
+    """
+    out = ""
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif item.isidentifier() and item not in _UNION_LABELS and not item[0].isupper():
+            out += f".{item}" if out else item
+    return out
+
+
+def from_validation(exc: ValidationError) -> InvalidRequest:
+    """The most telling pydantic error as one InvalidRequest naming its param.
+
+    Of a union's several branch errors, the deepest one that is not a plain type mismatch wins.
+    """
+    errors = exc.errors(include_url=False)
+
+    def rank(err: Any) -> tuple[int, bool]:
+        return (len(_param_of(err["loc"])), not str(err["type"]).endswith("_type"))
+
+    best = max(errors, key=rank)
+    param = _param_of(best["loc"]) or None
+    if best["type"] == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.", parameter=param, code="missing_required_parameter"
+        )
+    code = "invalid_type" if str(best["type"]).endswith("_type") else "invalid_value"
+    where = f"'{param}'" if param else "the request body"
+    return InvalidRequest(f"Invalid value for {where}: {best['msg']}.", parameter=param, code=code)
+
+
+def render(
+    exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) for any exception; `names` overrides PARAMETERS for this request."""
+    if not isinstance(exc, KimiserveError):
+        log.error("internal error in request %s", request_id, exc_info=exc)
+        message = f"The server had an error while processing your request (request id {request_id})."
+        return 500, _body(message, "server_error", None, "internal_server_error")
+    status = exc.status
+    code = CODES.get(exc.code, _snake(exc.code))
+    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if isinstance(exc, InsufficientCredits):
+        status, kind = 429, "insufficient_quota"
+    message = exc.message
+    if status >= 500:
+        log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code)
+        message = f"{message} (request id {request_id})"
+    param = None
+    if exc.parameter is not None:
+        param = (names or {}).get(exc.parameter, PARAMETERS.get(exc.parameter, exc.parameter))
+    return status, _body(message, kind, param, code)
+
+
+def _body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
+) -> JSONResponse:
+    status, body = render(exc, request_id, names)
+    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})

@@ -1,0 +1,116 @@
+"""`stream: true`: chat.completion.chunk events over SSE, then `data: [DONE]`.
+
+Per choice: a role chunk, content / reasoning_content / tool_calls deltas, a finish chunk.
+With `n` > 1 the N generations run together and their chunks interleave as they come, each
+tagged with its choice index. With `stream_options.include_usage`, a last chunk with empty
+`choices` carries the usage of all of them. Errors before the first event are normal HTTP
+errors (`primed`); after it, one in-band `{"error": {...}}` event ends the stream. A client
+leaving mid-stream closes this generator, which closes the engines' streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from starlette.responses import StreamingResponse
+
+from kimiserve.domain.inference import Generation
+from kimiserve.domain.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent, Usage
+from kimiserve.engines.registry import ServedModel
+from kimiserve.http.sse import frame, primed, with_keepalive
+from kimiserve.platform.api_keys import Principal
+from kimiserve.protocols.openai import translate
+from kimiserve.protocols.openai.errors import render
+from kimiserve.services import Services
+
+PROTOCOL = "openai"
+
+
+async def merge(sources: Sequence[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
+    """The events of several streams as they come, each with its source's index.
+
+    The first error ends the merge; closing it (or an error) closes every source.
+    """
+    pending: dict[asyncio.Future[Event], int] = {
+        asyncio.ensure_future(anext(s)): i for i, s in enumerate(sources)
+    }
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: pending[t]):
+                index = pending.pop(task)
+                try:
+                    event = task.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(sources[index]))] = index
+                yield index, event
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for source in sources:
+            await source.aclose()  # type: ignore[attr-defined]
+
+
+async def open_stream(
+    services: Services,
+    principal: Principal,
+    model: ServedModel,
+    generations: Sequence[Generation],
+    reply: translate.Reply,
+    *,
+    include_usage: bool,
+    names: Mapping[str, str],
+) -> StreamingResponse:
+    """Start the generations and wait for the first event (raising early errors), then stream."""
+    sources = [
+        services.inference.stream(principal, model, g, request_id=reply.id, protocol=PROTOCOL)
+        for g in generations
+    ]
+    events = await primed(merge(sources), services.settings.keepalive_s)
+    body = _frames(reply, events, len(generations), include_usage=include_usage, names=names)
+    return StreamingResponse(
+        with_keepalive(body, services.settings.keepalive_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-request-id": reply.id},
+    )
+
+
+async def _frames(
+    reply: translate.Reply,
+    events: AsyncIterator[tuple[int, Event]],
+    n: int,
+    *,
+    include_usage: bool,
+    names: Mapping[str, str],
+) -> AsyncIterator[bytes]:
+    def chunk(index: int, delta: dict[str, object], finish: str | None = None) -> bytes:
+        return frame(translate.chunk(reply, index, delta, finish, with_usage=include_usage))
+
+    usages: dict[int, Usage] = {}
+    calls = [0] * n
+    try:
+        for index in range(n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        async for index, event in events:
+            if isinstance(event, TextDelta) and event.text:
+                yield chunk(index, {"content": event.text})
+            elif isinstance(event, ReasoningDelta) and event.text:
+                yield chunk(index, {"reasoning_content": event.text})
+            elif isinstance(event, ToolCallEvent):
+                yield chunk(index, {"tool_calls": [translate.tool_call(event.call, calls[index])]})
+                calls[index] += 1
+            elif isinstance(event, Usage):
+                usages[index] = event
+            elif isinstance(event, Finished):
+                yield chunk(index, {}, translate.finish_reason(event.reason))
+        if include_usage:
+            yield frame(translate.usage_chunk(reply, [usages[i] for i in sorted(usages)]))
+        yield frame("[DONE]")
+    except Exception as exc:
+        _, body = render(exc, reply.id, names)
+        yield frame(body)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,377 @@
+"""OpenAI wire ↔ domain: a chat-completions body → GenerationRequest; results → the reply shapes.
+
+Rules that need the served model (vision, thinking, tools) are checked here against the
+engine's capabilities, so every refusal names the exact parameter the client sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from kimiserve.domain.inference import GenerationResult
+from kimiserve.domain.types import (
+    Constraint,
+    GenerationRequest,
+    Message,
+    Sampling,
+    ThinkingLevel,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
+from kimiserve.engines.registry import ServedModel
+from kimiserve.errors import InvalidRequest, UnsupportedFeature
+from kimiserve.protocols.openai.errors import from_validation
+from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ResponseFormat
+
+log = logging.getLogger(__name__)
+
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+
+# Thinking and tool calling land as features of their own (levels → budgets, tool-call ids and
+# argument validation); until then both are refused by name, whatever the engine could do.
+PENDING_FEATURES: frozenset[str] = frozenset({"thinking", "tools"})
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
+_EFFORT: dict[str, ThinkingLevel] = {
+    "none": "none",
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+}
+
+
+# ---- request ------------------------------------------------------------------------------
+
+
+def parse(body: Any) -> ChatCompletionRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    try:
+        chat = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    ignored = chat.ignored_fields()
+    if ignored:
+        log.debug("ignoring unknown fields: %s", ", ".join(ignored))
+    return chat
+
+
+def param_names(chat: ChatCompletionRequest) -> dict[str, str]:
+    """Per-request overrides of errors.PARAMETERS: name the token limit the client used."""
+    if chat.max_completion_tokens is None and chat.max_tokens is not None:
+        return {"max_tokens": "max_tokens"}
+    return {}
+
+
+def _model_name(model: ServedModel) -> str:
+    if model.stand_in_for:
+        return f"{model.id} (served here by the local stand-in {model.stand_in_for})"
+    return model.id
+
+
+def _text_of(message: ChatMessage, i: int, model: ServedModel) -> tuple[str, list[str], list[str]]:
+    """A message's text, and the image and video URLs of its parts."""
+    if message.content is None:
+        if message.role == "assistant":
+            return "", [], []
+        raise InvalidRequest(
+            f"messages[{i}].content is required for a {message.role} message.",
+            parameter=f"messages[{i}].content",
+            code="missing_required_parameter",
+        )
+    if isinstance(message.content, str):
+        return message.content, [], []
+    texts: list[str] = []
+    images: list[str] = []
+    videos: list[str] = []
+    for j, part in enumerate(message.content):
+        where = f"messages[{i}].content[{j}]"
+        if part.type == "text":
+            if part.text is None:
+                raise InvalidRequest(f"{where} is a text part without 'text'.", parameter=f"{where}.text")
+            texts.append(part.text)
+            continue
+        kind = part.type.removesuffix("_url")  # image | video
+        url = part.image_url if part.type == "image_url" else part.video_url
+        if not model.engine.capabilities.vision:
+            raise UnsupportedFeature(
+                f"{where} is an {part.type} part, but {_model_name(model)} has no {kind} input. "
+                "Send text only.",
+                parameter=where,
+            )
+        if message.role != "user":
+            raise InvalidRequest(
+                f"{where}: only user messages may contain {part.type} parts.", parameter=where
+            )
+        if url is None:
+            raise InvalidRequest(f"{where} has no '{part.type}' object.", parameter=f"{where}.{part.type}")
+        (images if kind == "image" else videos).append(url.url)
+    return "\n".join(texts), images, videos
+
+
+def _messages(chat: ChatCompletionRequest, model: ServedModel) -> tuple[list[Message], list[str], list[str]]:
+    out: list[Message] = []
+    images: list[str] = []
+    videos: list[str] = []
+    for i, m in enumerate(chat.messages):
+        text, m_images, m_videos = _text_of(m, i, model)
+        images += m_images
+        videos += m_videos
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise InvalidRequest(
+                    f"messages[{i}] is a tool message without 'tool_call_id'.",
+                    parameter=f"messages[{i}].tool_call_id",
+                    code="missing_required_parameter",
+                )
+            out.append(Message(role="tool", content=text, tool_call_id=m.tool_call_id))
+        elif m.role == "assistant":
+            calls = tuple(
+                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                for c in m.tool_calls or ()
+            )
+            out.append(Message(role="assistant", content=text, tool_calls=calls))
+        else:
+            out.append(Message(role="system" if m.role == "developer" else m.role, content=text))
+    return out, images, videos
+
+
+def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
+    effort = chat.reasoning_effort
+    if chat.thinking is not None and chat.thinking.type == "disabled":
+        if effort not in (None, "none"):
+            raise InvalidRequest(
+                "reasoning_effort asks for thinking, but thinking.type is 'disabled'.",
+                parameter="reasoning_effort",
+            )
+        return "none"
+    enabled = chat.thinking is not None  # type "enabled"
+    level: ThinkingLevel = _EFFORT[effort] if effort is not None else ("high" if enabled else "none")
+    if level != "none" and ("thinking" in PENDING_FEATURES or model.engine.capabilities.thinking == "none"):
+        param = "thinking" if enabled else "reasoning_effort"
+        raise UnsupportedFeature(
+            f"Thinking is not available with {_model_name(model)} yet: leave out thinking "
+            'and reasoning_effort (or send thinking {"type": "disabled"}, reasoning_effort \'none\').',
+            parameter=param,
+        )
+    return level
+
+
+def _tools(chat: ChatCompletionRequest, model: ServedModel) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
+    tools = chat.tools or []
+    choice = chat.tool_choice
+    if tools and ("tools" in PENDING_FEATURES or model.engine.capabilities.tools == "none"):
+        raise UnsupportedFeature(
+            f"Tool calling is not available with {_model_name(model)} yet; send no tools.",
+            parameter="tools",
+        )
+    specs = tuple(
+        ToolSpec(
+            name=t.function.name,
+            description=t.function.description or "",
+            parameters=json.dumps(t.function.parameters or {"type": "object", "properties": {}}),
+        )
+        for t in tools
+    )
+    if choice is None:
+        return specs, ToolChoice()
+    if isinstance(choice, str):
+        if choice == "required" and not specs:
+            raise InvalidRequest("tool_choice 'required' needs tools.", parameter="tool_choice")
+        return specs, ToolChoice(mode=choice)
+    if choice.function.name not in {s.name for s in specs}:
+        raise InvalidRequest(
+            f"tool_choice names {choice.function.name!r}, which is not among the tools.",
+            parameter="tool_choice",
+        )
+    return specs, ToolChoice(mode="named", name=choice.function.name)
+
+
+def _constraint(fmt: ResponseFormat | None) -> Constraint | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Constraint(json_schema=JSON_OBJECT_SCHEMA)
+    if fmt.json_schema is None:
+        raise InvalidRequest(
+            "response_format of type 'json_schema' needs a 'json_schema' object.",
+            parameter="response_format.json_schema",
+            code="missing_required_parameter",
+        )
+    schema = fmt.json_schema.schema_
+    return Constraint(json_schema=json.dumps(schema) if schema is not None else JSON_OBJECT_SCHEMA)
+
+
+def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
+    if chat.stream_options is not None and not chat.stream:
+        raise InvalidRequest(
+            "stream_options is only allowed when stream is true.", parameter="stream_options"
+        )
+    if chat.logprobs:
+        raise UnsupportedFeature("logprobs are not available on this server.", parameter="logprobs")
+
+
+def to_generation_request(chat: ChatCompletionRequest, model: ServedModel) -> GenerationRequest:
+    _refuse_unsupported(chat)
+    messages, images, videos = _messages(chat, model)
+    thinking = _thinking(chat, model)
+    tools, tool_choice = _tools(chat, model)
+    stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
+    top_k = chat.top_k if chat.top_k is not None else 0
+    sampling = Sampling(
+        temperature=chat.temperature if chat.temperature is not None else 1.0,
+        top_p=chat.top_p if chat.top_p is not None else 1.0,
+        top_k=max(top_k, 0),  # vLLM's -1 and 0 both mean "off"
+        min_p=chat.min_p or 0.0,
+        frequency_penalty=chat.frequency_penalty or 0.0,
+        presence_penalty=chat.presence_penalty or 0.0,
+        repetition_penalty=chat.repetition_penalty if chat.repetition_penalty is not None else 1.0,
+        max_tokens=chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
+        stop=tuple(s for s in stop if s),
+        ignore_eos=bool(chat.ignore_eos),
+    )
+    return GenerationRequest(
+        model=model.id,
+        messages=tuple(messages),
+        sampling=sampling,
+        constraint=_constraint(chat.response_format),
+        thinking=thinking,
+        tools=tools,
+        tool_choice=tool_choice,
+        images=tuple(images),
+        videos=tuple(videos),
+        prompt_cache_key=chat.prompt_cache_key,
+    )
+
+
+# ---- reply --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What every object of one reply shares: its id, creation time and the model name echoed."""
+
+    id: str
+    model: str
+    created: int
+
+    @classmethod
+    def start(cls, request_id: str, model: str) -> Reply:
+        return cls(request_id, model, int(time.time()))
+
+
+def finish_reason(reason: str) -> str:
+    return _FINISH.get(reason, "stop")
+
+
+def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    out.update(
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    )
+    return out
+
+
+def usage(usages: Sequence[Usage]) -> dict[str, Any]:
+    """One usage object for all the choices: the sum of their generations."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in usages)},
+        "completion_tokens_details": {"reasoning_tokens": sum(u.reasoning_tokens for u in usages)},
+    }
+
+
+def completion(reply: Reply, results: Sequence[GenerationResult]) -> dict[str, Any]:
+    choices = []
+    for index, r in enumerate(results):
+        message: dict[str, Any] = {"role": "assistant", "content": r.text}
+        if r.reasoning:
+            message["reasoning_content"] = r.reasoning
+        if r.tool_calls:
+            message["tool_calls"] = [tool_call(c) for c in r.tool_calls]
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason(r.finish_reason),
+            }
+        )
+    return {
+        "id": reply.id,
+        "object": "chat.completion",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": choices,
+        "usage": usage([r.usage for r in results]),
+    }
+
+
+def chunk(
+    reply: Reply,
+    index: int,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    *,
+    with_usage: bool = False,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": reply.id,
+        "object": "chat.completion.chunk",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if with_usage:
+        out["usage"] = None  # as OpenAI: present on every chunk once include_usage is asked
+    return out
+
+
+def usage_chunk(reply: Reply, usages: Sequence[Usage]) -> dict[str, Any]:
+    return {
+        "id": reply.id,
+        "object": "chat.completion.chunk",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [],
+        "usage": usage(usages),
+    }
+
+
+# ---- models -------------------------------------------------------------------------------
+
+
+def model_entries(model: ServedModel, created: int) -> list[dict[str, Any]]:
+    """One /v1/models entry per name a served model answers to; a stand-in says so."""
+    out = []
+    for name in model.names:
+        entry: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": model.owned_by,
+            "root": model.id,
+            "max_model_len": model.engine.capabilities.context_length,
+        }
+        if model.stand_in_for:
+            entry["stand_in_for"] = model.stand_in_for
+            entry["description"] = (
+                f"Local stand-in: requests for {model.id} are answered by {model.stand_in_for}."
+            )
+        out.append(entry)
+    return out
