@@ -24,10 +24,10 @@ import re
 
 import llama_cpp as llama
 import numpy as np
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from kimiserve.domain.types import Constraint, Sampling
 from kimiserve.engines.llamacpp.model import NativeModel, native_errors
+from kimiserve.engines.llamacpp.schema_grammar import schema_to_gbnf
 from kimiserve.errors import GrammarError
 
 RANDOM_SEED = 0xFFFFFFFF
@@ -47,7 +47,7 @@ def grammar_source(constraint: Constraint | None) -> str | None:
                 f"The JSON schema is not valid JSON: {exc}", parameter="response_format"
             ) from exc
         try:
-            gbnf = str(json_schema_to_gbnf(constraint.json_schema))
+            gbnf = schema_to_gbnf(constraint.json_schema)
         except RecursionError as exc:
             raise GrammarError("The JSON schema nests too deeply.", parameter="response_format") from exc
         except Exception as exc:  # the converter raises bare Exception/ValueError/KeyError/...
