@@ -25,9 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kimiserve.domain.types import GenerationRequest, Message, Sampling, TextDelta, Usage  # noqa: E402
-from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine  # noqa: E402
-from tests.serverproc import ServerProcess, create_key  # noqa: E402
+from kimiserve.domain.types import GenerationRequest, Message, Sampling, Usage
+from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from tests.serverproc import ServerProcess, create_key
 
 PROMPT = "Write a short paragraph about the history of the bicycle."
 
@@ -59,8 +59,6 @@ async def direct(engine: LlamaCppEngine, max_tokens: int) -> tuple[float, int]:
     async for event in engine.generate(direct_request(max_tokens)):
         if isinstance(event, Usage):
             tokens = event.completion_tokens
-        elif isinstance(event, TextDelta):
-            pass
     return time.perf_counter() - start, tokens
 
 
@@ -87,9 +85,6 @@ async def main(rounds: int) -> None:
     server = ServerProcess(data_dir, env={"KIMISERVE_N_THREADS": "2"})
     server.start()
     engine = LlamaCppEngine(LlamaCppConfig(n_threads=2))
-    start = getattr(engine, "start", None)
-    if start is not None:
-        await start()
     url = f"{server.base_url}/v1"
     try:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300) as client:

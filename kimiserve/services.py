@@ -153,9 +153,6 @@ async def build_services(settings: Settings) -> Services:
     await platform.tasks.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
-    start = getattr(engine, "start", None)
-    if start is not None:
-        await start()
     services = Services(
         settings=settings,
         platform=platform,

@@ -44,7 +44,7 @@ async def post_tasks(request: Request) -> Response:
         principal = await authenticate(services, body_key if body_key is not None else bearer_key(request))
     except KimiserveError as exc:
         return _error_response(exc, tasks)
-    if any(isinstance(t, dict) and t.get("deliveryMethod") == "stream" for t in tasks) and len(tasks) == 1:
+    if len(tasks) == 1 and isinstance(tasks[0], dict) and tasks[0].get("deliveryMethod") == "stream":
         return await stream_task(services, principal, tasks[0])
     outcome = await Dispatcher(services, base_url=str(request.base_url)).run_array(principal, tasks)
     return JSONResponse(outcome.body(), status_code=outcome.status)
