@@ -84,6 +84,10 @@ class GenerationRequest:
     images: tuple[str, ...] = ()
     videos: tuple[str, ...] = ()
     prompt_cache_key: str | None = None
+    # Prefix-cache namespace (the account id): an engine reuses a cached prompt prefix only for a
+    # request of the same scope, so one account can never probe another's prompts by timing or
+    # by `cached_tokens`. None: the request shares no cache with a scoped one.
+    cache_scope: str | None = None
 
 
 # ---- events -------------------------------------------------------------------------------
