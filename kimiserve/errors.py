@@ -23,6 +23,11 @@ Each protocol has exactly one place that maps these to its wire format
 
 from __future__ import annotations
 
+import logging
+import uuid
+
+log = logging.getLogger(__name__)
+
 
 class KimiserveError(Exception):
     """Base of every error kimiserve raises on purpose."""
@@ -86,8 +91,14 @@ class Conflict(KimiserveError):
 
 
 class RateLimited(KimiserveError):
+    """Over a rate limit; `retry_after_s` is when the same request can succeed (Retry-After)."""
+
     code = "rateLimitExceeded"
     status = 429
+
+    def __init__(self, message: str, *, parameter: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, parameter=parameter)
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailable(KimiserveError):
@@ -117,3 +128,13 @@ class EngineOverloaded(EngineError):
 class InternalError(KimiserveError):
     code = "internalServerError"
     status = 500
+
+
+def as_kimiserve_error(exc: BaseException) -> KimiserveError:
+    """Any exception as a KimiserveError. An unexpected one is logged once, with a reference
+    that the returned InternalError repeats — the same reference stored and shown to the client."""
+    if isinstance(exc, KimiserveError):
+        return exc
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error ref=%s", ref, exc_info=exc)
+    return InternalError(f"Internal server error (reference {ref}).")

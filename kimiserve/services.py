@@ -9,18 +9,22 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
-from kimiserve.domain.inference import Inference
+from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.base import Engine
 from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
+from kimiserve.http.metrics import Metrics
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.accounts import Accounts
+from kimiserve.platform.admin import Admin
 from kimiserve.platform.api_keys import ApiKeys, Principal
 from kimiserve.platform.prices import FREE, Price
+from kimiserve.platform.rate_limits import RateLimiter
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
+from kimiserve.storage.sql.ledger import SqlLedgerStore
 from kimiserve.storage.sql.media import SqlMediaStore
 from kimiserve.storage.sql.outbox import SqlOutboxStore
 from kimiserve.storage.sql.tasks import SqlTaskStore
@@ -38,7 +42,9 @@ class Platform:
     accounts: Accounts
     keys: ApiKeys
     usage: SqlUsageStore
+    ledger: SqlLedgerStore
     tasks: Tasks
+    admin: Admin
 
     async def aclose(self) -> None:
         await self.tasks.aclose()
@@ -48,13 +54,19 @@ class Platform:
 async def open_platform(settings: Settings) -> Platform:
     db = await open_database(settings.resolved_database_url())
     store = SqlAccountStore(db)
+    accounts = Accounts(store)
+    keys = ApiKeys(store)
+    usage = SqlUsageStore(db)
+    ledger = SqlLedgerStore(db)
     return Platform(
         db=db,
         account_store=store,
-        accounts=Accounts(store),
-        keys=ApiKeys(store),
-        usage=SqlUsageStore(db),
+        accounts=accounts,
+        keys=keys,
+        usage=usage,
+        ledger=ledger,
         tasks=Tasks(SqlTaskStore(db)),
+        admin=Admin(store, ledger, usage, accounts, keys),
     )
 
 
@@ -63,13 +75,20 @@ class Services:
     settings: Settings
     platform: Platform
     registry: ModelRegistry
-    inference: Inference
+    pipeline: Pipeline
+    metrics: Metrics
     default_principal: Principal  # used only in open mode
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
     media: MediaStore
     webhooks: WebhookOutbox
 
+    def begin_shutdown(self) -> None:
+        """Stop admitting: from now on a cancelled generation is a shutdown, never charged."""
+        self.pipeline.shutting_down = True
+        self.platform.tasks.shutting_down = True
+
     async def aclose(self) -> None:
+        self.begin_shutdown()
         await self.webhooks.aclose()
         await self.platform.aclose()
         await self.fetcher.aclose()
@@ -97,7 +116,7 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
 
 
 def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRegistry:
-    kimi_price = Price(
+    kimi_price = Price.from_usd(
         settings.price_input_per_million,
         settings.price_output_per_million,
         settings.price_cached_per_million,
@@ -139,7 +158,12 @@ async def notify_interrupted_webhooks(webhooks: WebhookOutbox) -> None:
     for task_uuid, account_id, request in await webhooks.store.interrupted_webhook_tasks():
         url = request.get("webhookURL")
         if isinstance(url, str):
-            error = {**INTERRUPTED, "taskType": request.get("taskType"), "taskUUID": task_uuid}
+            error = {
+                "code": INTERRUPTED.code,
+                "message": INTERRUPTED.message,
+                "taskType": request.get("taskType"),
+                "taskUUID": task_uuid,
+            }
             await webhooks.enqueue(
                 delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
             )
@@ -151,13 +175,19 @@ async def build_services(settings: Settings) -> Services:
     webhooks = build_webhooks(settings, platform, fetcher)
     await notify_interrupted_webhooks(webhooks)
     await platform.tasks.recover()
+    released = await platform.ledger.release_all_held()
+    if released:
+        log.warning("released %d credit hold(s) left by a restart", released)
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
+    registry = build_registry(settings, engine, model_id)
+    metrics = Metrics(registry)
     services = Services(
         settings=settings,
         platform=platform,
-        registry=build_registry(settings, engine, model_id),
-        inference=Inference(platform.account_store, platform.usage),
+        registry=registry,
+        pipeline=Pipeline(registry, platform.ledger, RateLimiter(), platform.account_store, metrics),
+        metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),
         fetcher=fetcher,
         media=MediaStore(

@@ -7,6 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from kimiserve.cli.output import add_limit_options
+from kimiserve.errors import KimiserveError
+from kimiserve.platform.api_keys import DEFAULT_SCOPES, SCOPES
 from kimiserve.settings import Settings
 
 
@@ -29,6 +32,11 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="data directory (default ./kimiserve-data)")
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    _add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimiserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,15 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key; prints it once, alone on the last line")
     create.add_argument("--name", default="default", help="a label for the key")
     create.add_argument("--account", default="default", help="account name (created if new)")
-    _add_data_dir(create)
-    listing = keys_sub.add_parser("list", help="list keys (ids and names, never the secrets)")
-    _add_data_dir(listing)
+    create.add_argument(
+        "--scopes",
+        default=",".join(sorted(DEFAULT_SCOPES)),
+        help=f"comma-separated, of {', '.join(SCOPES)}, or 'all' (default: all but admin)",
+    )
+    create.add_argument("--models", help="comma-separated model names the key may use (default: every model)")
+    add_limit_options(create)
+    _add_common(create)
+    listing = keys_sub.add_parser("list", help="list keys (ids, scopes, limits; never the secrets)")
+    listing.add_argument("--account", help="only this account's keys")
+    _add_common(listing)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     _add_data_dir(revoke)
 
-    accounts = sub.add_parser("accounts", help="inspect accounts")
+    accounts = sub.add_parser("accounts", help="manage accounts, balances and limits")
     accounts_sub = accounts.add_subparsers(dest="accounts_command", required=True)
+    a_create = accounts_sub.add_parser("create", help="create an account (unmetered until topped up)")
+    a_create.add_argument("name")
+    _add_common(a_create)
+    _add_common(accounts_sub.add_parser("list", help="list accounts with balances and limits"))
+    a_show = accounts_sub.add_parser("show", help="an account's balance, limits, keys, usage and ledger")
+    a_show.add_argument("account", help="account name or id")
+    _add_common(a_show)
+    top_up = accounts_sub.add_parser("top-up", help="add credit (makes an unmetered account metered)")
+    top_up.add_argument("account", help="account name or id")
+    top_up.add_argument("amount_usd", help="dollars to add, e.g. 10 or 0.25")
+    top_up.add_argument("--note", help="a note kept with the ledger entry")
+    _add_common(top_up)
+    set_limits = accounts_sub.add_parser("set-limits", help="set an account's rate limits")
+    set_limits.add_argument("account", help="account name or id")
+    add_limit_options(set_limits)
+    _add_common(set_limits)
     secret = accounts_sub.add_parser(
         "webhook-secret", help="show the secret webhooks are signed with; printed alone on the last line"
     )
@@ -70,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
-    if args.command == "accounts":
-        from kimiserve.cli import accounts
+    from kimiserve.cli import accounts, keys
 
-        return asyncio.run(accounts.run(settings, args))
-    from kimiserve.cli import keys
-
-    return asyncio.run(keys.run(settings, args))
+    command = accounts.run if args.command == "accounts" else keys.run
+    try:
+        return asyncio.run(command(settings, args))
+    except KimiserveError as exc:
+        print(f"kimiserve: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

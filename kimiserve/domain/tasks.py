@@ -1,39 +1,69 @@
-"""The task lifecycle: record → run in the background → store results → wake waiters.
+"""The task lifecycle: begin → run → complete / fail / cancel, for every delivery method.
 
-A task is recorded (as `processing`) before any work starts, so a reused taskUUID is caught
-before a second run. Results are stored durably; a task cut off by a restart is ended as an
-error at the next start-up, never left in `processing`.
+One module owns how a task ends, whether it came as sync, stream, async, webhook or over the
+WebSocket. A task is recorded (as `processing`) before any work starts, so a reused taskUUID
+is caught before a second run (409, never charged twice). Results and errors are stored
+durably; a task ends exactly once (the store keeps the first ending).
+
+Cancellation policy:
+- **Shutdown** (the server stops while a task runs): the task ends `taskInterrupted` and is not
+  charged; the client resubmits with a new taskUUID. A restart ends any task a crash cut off
+  the same way, at start-up.
+- **A client leaving a stream**: the task ends `clientDisconnected`; the tokens produced until
+  then are charged (pipeline policy).
+- **Every other delivery** (sync, async, webhook, WebSocket) is not tied to its connection: a
+  client that leaves does not cancel it; it runs to its end and its results stay available to
+  getResponse (and are sent to the webhook or buffered for a WebSocket resume).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
-from kimiserve.errors import Conflict, NotFound
+from kimiserve.domain.ports import TaskExists, TaskRow, TaskStore
+from kimiserve.errors import Conflict, KimiserveError, NotFound, as_kimiserve_error
 from kimiserve.platform.api_keys import Principal
-from kimiserve.storage.sql.tasks import SqlTaskStore, TaskExists, TaskRow
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = {
-    "code": "taskInterrupted",
-    "message": "The server restarted while this task was running; submit it again with a new taskUUID.",
-}
+INTERRUPTED = KimiserveError(
+    "The server restarted while this task was running; submit it again with a new taskUUID.",
+    code="taskInterrupted",
+    status=503,
+)
+CLIENT_DISCONNECTED = KimiserveError(
+    "The client left before the stream ended.", code="clientDisconnected", status=400
+)
+
+
+def error_record(err: KimiserveError) -> dict[str, Any]:
+    """How an error is stored with its task (and rebuilt by `stored_error`)."""
+    return {"code": err.code, "message": err.message, "parameter": err.parameter, "status": err.status}
+
+
+def stored_error(record: dict[str, Any]) -> KimiserveError:
+    return KimiserveError(
+        record.get("message", "The task failed."),
+        code=record.get("code", "inferenceError"),
+        parameter=record.get("parameter"),
+        status=int(record.get("status", 500)),
+    )
 
 
 class Tasks:
-    def __init__(self, store: SqlTaskStore, poll_interval_s: float = 0.5) -> None:
-        self._store = store
+    def __init__(self, store: TaskStore, poll_interval_s: float = 0.5) -> None:
+        self.store = store
         self._poll = poll_interval_s
         self._done: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.shutting_down = False
 
     async def recover(self) -> int:
         """At start-up: end every task a restart cut off."""
-        count = await self._store.fail_interrupted(INTERRUPTED)
+        count = await self.store.fail_interrupted(error_record(INTERRUPTED))
         if count:
             log.warning("ended %d task(s) interrupted by a restart", count)
         return count
@@ -42,7 +72,7 @@ class Tasks:
         self, principal: Principal, task_uuid: str, task_type: str, delivery: str, request: dict[str, Any]
     ) -> None:
         try:
-            await self._store.create(task_uuid, principal.account_id, task_type, delivery, request)
+            await self.store.create(task_uuid, principal.account_id, task_type, delivery, request)
         except TaskExists:
             raise Conflict(
                 f"taskUUID {task_uuid} was already used; fetch its results with getResponse.",
@@ -51,12 +81,34 @@ class Tasks:
         self._done[task_uuid] = asyncio.Event()
 
     async def complete(self, task_uuid: str, results: list[dict[str, Any]]) -> None:
-        await self._store.finish(task_uuid, results=results)
+        await self.store.finish(task_uuid, results=results)
         self._wake(task_uuid)
 
-    async def fail(self, task_uuid: str, error: dict[str, Any]) -> None:
-        await self._store.finish(task_uuid, error=error)
+    async def fail(self, task_uuid: str, exc: BaseException) -> KimiserveError:
+        """End the task with `exc` (an unexpected one becomes an InternalError with a reference);
+        return the error as stored, for the caller to render."""
+        err = as_kimiserve_error(exc)
+        await self.store.finish(task_uuid, error=error_record(err))
         self._wake(task_uuid)
+        return err
+
+    async def cancel(self, task_uuid: str, *, client_left: bool) -> None:
+        """The task's runner was cancelled: by a client leaving a stream, or by shutdown."""
+        err = CLIENT_DISCONNECTED if client_left and not self.shutting_down else INTERRUPTED
+        await asyncio.shield(self.fail(task_uuid, err))
+
+    async def track(self, task_uuid: str, work: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Await a begun task's work and end the task by its outcome (the one policy above):
+        results → complete; error → fail, re-raised as the stored error; cancelled → cancel."""
+        try:
+            results = await work
+        except asyncio.CancelledError:
+            await self.cancel(task_uuid, client_left=False)
+            raise
+        except Exception as exc:
+            raise await self.fail(task_uuid, exc) from exc
+        await self.complete(task_uuid, results)
+        return results
 
     def _wake(self, task_uuid: str) -> None:
         event = self._done.pop(task_uuid, None)
@@ -64,7 +116,7 @@ class Tasks:
             event.set()
 
     async def get(self, principal: Principal, task_uuid: str) -> TaskRow:
-        row = await self._store.get(task_uuid)
+        row = await self.store.get(task_uuid)
         if row is None or row.account_id != principal.account_id:
             raise NotFound(
                 f"No task {task_uuid} for this account.", code="taskNotFound", parameter="taskUUID"
@@ -91,14 +143,27 @@ class Tasks:
             row = await self.get(principal, task_uuid)
         return row
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run work in the background, owned here so shutdown can cancel it."""
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(self._quietly(work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
 
+    @staticmethod
+    async def _quietly(work: Coroutine[Any, Any, Any]) -> None:
+        """Background work's errors are stored with its task already; log only the unexpected."""
+        try:
+            await work
+        except KimiserveError:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed")
+
     async def aclose(self) -> None:
+        self.shutting_down = True
         for task in list(self._background):
             task.cancel()
         if self._background:

@@ -6,13 +6,13 @@ import base64
 import secrets
 import uuid
 
-from kimiserve.storage.sql.accounts import AccountRow, SqlAccountStore
+from kimiserve.domain.ports import AccountRow, AccountStore
 
 DEFAULT_ACCOUNT = "default"
 
 
 class Accounts:
-    def __init__(self, store: SqlAccountStore) -> None:
+    def __init__(self, store: AccountStore) -> None:
         self._store = store
 
     async def get_or_create(self, name: str = DEFAULT_ACCOUNT) -> AccountRow:

@@ -1,7 +1,8 @@
 """API keys: `ks-<key id>-<secret>`, stored as a SHA-256 hash, compared in constant time.
 
 The key id is public (it is how a key is found); the secret is 32 random bytes, so a fast
-hash is the right tool (no password stretching needed for high-entropy secrets).
+hash is the right tool (no password stretching needed for high-entropy secrets). A key carries
+scopes, an optional model allowlist and rate limits; its account's limits come with it.
 """
 
 from __future__ import annotations
@@ -10,20 +11,45 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from kimiserve.errors import AuthenticationFailed
-from kimiserve.storage.sql.accounts import SqlAccountStore
+from kimiserve.domain.ports import AccountStore, KeyRow, Limits
+from kimiserve.errors import AuthenticationFailed, InvalidRequest
 
 PREFIX = "ks"
+
+# What a key may do. `inference`: textInference and chat completions; `tasks:read`:
+# getResponse and getTaskDetails; `media:upload`: imageUpload; `admin`: the /admin API.
+SCOPES: tuple[str, ...] = ("inference", "tasks:read", "media:upload", "admin")
+DEFAULT_SCOPES: frozenset[str] = frozenset({"inference", "tasks:read", "media:upload"})
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """`inference,tasks:read` (commas or spaces) or `all`; unknown names are refused."""
+    names = {part for part in text.replace(",", " ").split() if part}
+    if names == {"all"}:
+        return frozenset(SCOPES)
+    unknown = names - set(SCOPES)
+    if unknown or not names:
+        raise InvalidRequest(
+            f"Unknown scope(s) {', '.join(sorted(unknown)) or '(none given)'}; scopes are "
+            f"{', '.join(SCOPES)} or all.",
+            parameter="scopes",
+        )
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the account every task, usage record and price belongs to."""
+    """Who is calling: the account every task, usage record and price belongs to, and what the
+    key may do."""
 
     account_id: str
     key_id: str
+    scopes: frozenset[str] = frozenset(SCOPES)
+    models: tuple[str, ...] | None = None  # None: every model
+    key_limits: Limits = field(default_factory=Limits)
+    account_limits: Limits = field(default_factory=Limits)
 
 
 def _hash(key: str) -> str:
@@ -37,16 +63,37 @@ def _key_id(key: str) -> str | None:
     return parts[1]
 
 
+def principal_of(row: KeyRow) -> Principal:
+    return Principal(
+        account_id=row.account_id,
+        key_id=row.id,
+        scopes=row.scopes,
+        models=row.models,
+        key_limits=row.limits,
+        account_limits=row.account_limits,
+    )
+
+
 class ApiKeys:
-    def __init__(self, store: SqlAccountStore) -> None:
+    def __init__(self, store: AccountStore) -> None:
         self._store = store
 
-    async def create(self, account_id: str, name: str) -> str:
-        """Create a key and return its text: the only time the text exists outside the client."""
+    async def create(
+        self,
+        account_id: str,
+        name: str,
+        *,
+        scopes: frozenset[str] = DEFAULT_SCOPES,
+        models: tuple[str, ...] | None = None,
+        limits: Limits | None = None,
+    ) -> tuple[str, str]:
+        """Create a key; return (key id, key text): the only time the text exists outside the client."""
         key_id = secrets.token_hex(6)
         key = f"{PREFIX}-{key_id}-{secrets.token_urlsafe(32)}"
-        await self._store.create_key(key_id, account_id, name, _hash(key))
-        return key
+        await self._store.create_key(
+            key_id, account_id, name, _hash(key), scopes=scopes, models=models, limits=limits or Limits()
+        )
+        return key_id, key
 
     async def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -57,4 +104,4 @@ class ApiKeys:
         expected = row.secret_hash if row is not None else _hash(uuid.uuid4().hex)
         if not hmac.compare_digest(expected, _hash(key)) or row is None or row.revoked:
             raise AuthenticationFailed("Invalid API key.", parameter="apiKey")
-        return Principal(account_id=row.account_id, key_id=row.id)
+        return principal_of(row)

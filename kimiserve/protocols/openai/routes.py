@@ -12,12 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from kimiserve.domain.inference import fan_out
+from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
-from kimiserve.protocols.openai.stream import PROTOCOL, open_stream
+from kimiserve.protocols.openai.stream import PROTOCOL, open_stream, rate_limit_headers
 
 T = TypeVar("T")
 
@@ -52,31 +52,35 @@ async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     names: dict[str, str] = {}
+    pipeline = services.pipeline
     try:
         principal = await authenticate(services, bearer_key(request))
+        pipeline.authorize(principal, "inference")
         chat = translate.parse(await read_json(request, services.settings.max_body_bytes))
         names = translate.param_names(chat)
-        model = services.registry.resolve(chat.model)
+        model = pipeline.model(principal, chat.model)
         base = translate.to_generation_request(chat, model)
-        await services.inference.admit(principal)
-        generations = fan_out(base, chat.seed, chat.n or 1)
+        admission = await pipeline.admit(
+            principal, model, base, n=chat.n or 1, seed=chat.seed, protocol=PROTOCOL, request_id=request_id
+        )
         reply = translate.Reply.start(request_id, chat.model)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return await open_stream(
-                services, principal, model, generations, reply, include_usage=include_usage, names=names
-            )
-        results = await _unless_disconnected(
-            request,
-            services.inference.run_all(
-                principal, model, generations, request_id=request_id, protocol=PROTOCOL
-            ),
-        )
+            return await open_stream(services, admission, reply, include_usage=include_usage, names=names)
+        async with admission:
+            results = await _unless_disconnected(request, admission.run_all())
     except ClientDisconnected:
+        services.metrics.request(PROTOCOL, "chat.completion", "clientDisconnected")
         return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
+        code = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
+        services.metrics.request(PROTOCOL, "chat.completion", code)
         return error_response(exc, request_id, names)
-    return JSONResponse(translate.completion(reply, results), headers={"x-request-id": request_id})
+    services.metrics.request(PROTOCOL, "chat.completion", "success")
+    return JSONResponse(
+        translate.completion(reply, results),
+        headers={"x-request-id": request_id, **rate_limit_headers(admission)},
+    )
 
 
 class Models:

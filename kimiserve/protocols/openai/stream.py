@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from starlette.responses import StreamingResponse
 
-from kimiserve.domain.inference import Generation
+from kimiserve.domain.pipeline import Admission
 from kimiserve.domain.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent, Usage
-from kimiserve.engines.registry import ServedModel
+from kimiserve.errors import KimiserveError
 from kimiserve.http.sse import frame, primed, with_keepalive
-from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
 from kimiserve.services import Services
@@ -54,34 +53,51 @@ async def merge(sources: Sequence[AsyncIterator[Event]]) -> AsyncIterator[tuple[
             await source.aclose()  # type: ignore[attr-defined]
 
 
+def rate_limit_headers(admission: Admission) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers, for the limits the request was admitted under."""
+    headers: dict[str, str] = {}
+    for what, state in (("requests", admission.permit.requests), ("tokens", admission.permit.tokens)):
+        if state is not None:
+            headers[f"x-ratelimit-limit-{what}"] = str(state.limit)
+            headers[f"x-ratelimit-remaining-{what}"] = str(state.remaining)
+            headers[f"x-ratelimit-reset-{what}"] = f"{state.reset_s:.3f}s"
+    return headers
+
+
 async def open_stream(
     services: Services,
-    principal: Principal,
-    model: ServedModel,
-    generations: Sequence[Generation],
+    admission: Admission,
     reply: translate.Reply,
     *,
     include_usage: bool,
     names: Mapping[str, str],
 ) -> StreamingResponse:
-    """Start the generations and wait for the first event (raising early errors), then stream."""
-    sources = [
-        services.inference.stream(principal, model, g, request_id=reply.id, protocol=PROTOCOL)
-        for g in generations
-    ]
-    events = await primed(merge(sources), services.settings.keepalive_s)
-    body = _frames(reply, events, len(generations), include_usage=include_usage, names=names)
+    """Start the generations and wait for the first event (raising early errors), then stream.
+    The stream owns the admission from here: its end (or the client leaving) closes it."""
+    try:
+        sources = [admission.stream(i) for i in range(len(admission.generations))]
+        events = await primed(merge(sources), services.settings.keepalive_s)
+    except BaseException:
+        await admission.aclose()
+        raise
+    body = _frames(services, admission, reply, events, include_usage=include_usage, names=names)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-request-id": reply.id},
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "x-request-id": reply.id,
+            **rate_limit_headers(admission),
+        },
     )
 
 
 async def _frames(
+    services: Services,
+    admission: Admission,
     reply: translate.Reply,
     events: AsyncIterator[tuple[int, Event]],
-    n: int,
     *,
     include_usage: bool,
     names: Mapping[str, str],
@@ -89,8 +105,10 @@ async def _frames(
     def chunk(index: int, delta: dict[str, object], finish: str | None = None) -> bytes:
         return frame(translate.chunk(reply, index, delta, finish, with_usage=include_usage))
 
+    n = len(admission.generations)
     usages: dict[int, Usage] = {}
     calls = [0] * n
+    status = "clientDisconnected"
     try:
         for index in range(n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -108,9 +126,13 @@ async def _frames(
                 yield chunk(index, {}, translate.finish_reason(event.reason))
         if include_usage:
             yield frame(translate.usage_chunk(reply, [usages[i] for i in sorted(usages)]))
+        status = "success"
         yield frame("[DONE]")
     except Exception as exc:
+        status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
         _, body = render(exc, reply.id, names)
         yield frame(body)
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+        await admission.aclose()
+        services.metrics.request(PROTOCOL, "chat.completion", status)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimiserve.domain.inference import GenerationResult
+from kimiserve.domain.pipeline import GenerationResult
 from kimiserve.domain.types import (
     Constraint,
     GenerationRequest,

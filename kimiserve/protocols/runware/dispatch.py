@@ -1,9 +1,11 @@
 """taskType → handler, for task arrays from HTTP and the WebSocket.
 
 Each task succeeds or fails on its own: a handler returns its data items or raises, and the
-caller renders the error for that task alone. Deliveries: `sync` answers with the results,
-`async` with an acknowledgement (results via getResponse), and a task with `webhookURL` is
-acknowledged the same way and then POSTs each generation to that URL through the outbox.
+caller renders the error for that task alone. Every handler works on the validated, typed
+task; a textInference goes through the one pipeline (`domain/pipeline.py`) and its lifecycle
+through `domain/tasks.py`. Deliveries: `sync` answers with the results, `async` with an
+acknowledgement (results via getResponse), and a task with `webhookURL` is acknowledged the
+same way and then POSTs each generation to that URL through the outbox.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimiserve.delivery.webhooks import delivery_id
-from kimiserve.domain.inference import Generation, fan_out
-from kimiserve.domain.tasks import INTERRUPTED, Tasks
+from kimiserve.domain.pipeline import Admission
+from kimiserve.domain.tasks import INTERRUPTED, Tasks, stored_error
 from kimiserve.engines.registry import ServedModel
-from kimiserve.errors import InvalidRequest, KimiserveError, UnsupportedFeature
+from kimiserve.errors import InvalidRequest, KimiserveError, UnsupportedFeature, as_kimiserve_error
 from kimiserve.media.fetch import FetchError
 from kimiserve.media.resolve import resolve_images
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
-from kimiserve.protocols.runware.errors import error_item, status_of, to_error
+from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.models import (
+    GetResponseTask,
+    GetTaskDetailsTask,
+    ImageUploadTask,
+    PingTask,
+    Task,
+    TextInferenceTask,
+)
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
 from kimiserve.services import Services
 from kimiserve.settings import Settings
@@ -49,20 +59,6 @@ class Outcome:
         return out
 
 
-def stored_error(error: dict[str, Any]) -> KimiserveError:
-    return KimiserveError(
-        error.get("message", "The task failed."),
-        code=error.get("code", "inferenceError"),
-        parameter=error.get("parameter"),
-        status=int(error.get("status", 500)),
-    )
-
-
-def error_record(exc: BaseException) -> dict[str, Any]:
-    err = to_error(exc)
-    return {"code": err.code, "message": err.message, "parameter": err.parameter, "status": err.status}
-
-
 def public_base_url(settings: Settings) -> str:
     """Where clients reach this server, when the transport cannot tell (no request to look at)."""
     if settings.public_url:
@@ -70,6 +66,11 @@ def public_base_url(settings: Settings) -> str:
     host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.port}"
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """The task as stored with its record (and echoed by getTaskDetails)."""
+    return task.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class Dispatcher:
@@ -101,189 +102,181 @@ class Dispatcher:
         return Outcome(data, errors, status)
 
     async def run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
-        task_type = task_type_of(raw)
-        if task_type == "ping":
+        """One task of an array, counted in the metrics by its outcome."""
+        task_type = task_type_of(raw) or "unknown"
+        try:
+            items = await self._run_task(principal, raw)
+        except KimiserveError as exc:
+            self._services.metrics.request(PROTOCOL, task_type, exc.code)
+            raise
+        except Exception:
+            self._services.metrics.request(PROTOCOL, task_type, "internalServerError")
+            raise
+        self._services.metrics.request(PROTOCOL, task_type, "success")
+        return items
+
+    async def _run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
+        task = parse_task(raw)
+        authorize = self._services.pipeline.authorize
+        if isinstance(task, PingTask):
             return [{"taskType": "ping", "pong": True}]
-        parse_task(raw)
-        wire: dict[str, Any] = raw
-        if task_type == "textInference":
-            return await self.text_inference(principal, wire)
-        if task_type == "getResponse":
-            return await self.get_response(principal, wire["taskUUID"])
-        if task_type == "getTaskDetails":
-            return await self.get_task_details(principal, wire["taskUUID"])
-        if task_type == "imageUpload":
-            return await self.image_upload(principal, wire)
-        if task_type == "authentication":
-            return []  # already handled by the transport
-        raise UnsupportedFeature(
-            f"taskType {task_type!r} is not supported here.", code="unsupportedTaskType", parameter="taskType"
-        )
+        if isinstance(task, TextInferenceTask):
+            return await self.text_inference(principal, task)
+        if isinstance(task, GetResponseTask):
+            authorize(principal, "tasks:read")
+            return await self.get_response(principal, task.taskUUID)
+        if isinstance(task, GetTaskDetailsTask):
+            authorize(principal, "tasks:read")
+            return await self.get_task_details(principal, task.taskUUID)
+        if isinstance(task, ImageUploadTask):
+            authorize(principal, "media:upload")
+            return await self.image_upload(principal, task)
+        return []  # authentication: already handled by the transport
 
-    def prepare(self, wire: dict[str, Any], *, resolves_images: bool = False) -> ServedModel:
-        """Checks shared by every delivery, before the task is recorded.
-
-        A caller that passes `resolves_images` must call `resolve_images` next.
-        """
-        model = self._services.registry.resolve(wire["model"])
-        translate.refuse_unsupported(wire, resolves_images=resolves_images)
-        return model
-
-    async def resolve_images(
-        self, principal: Principal, wire: dict[str, Any], model: ServedModel
-    ) -> tuple[str, ...]:
-        """The task's `inputs.images` as data URIs; an image that cannot be had names its index."""
-        refs = (wire.get("inputs") or {}).get("images") or []
-        if not refs:
-            return ()
-        images = await resolve_images(self._services.media, principal.account_id, refs)
-        if not model.engine.capabilities.vision:
+    def prepare(self, principal: Principal, task: TextInferenceTask) -> ServedModel:
+        """Checks shared by every delivery, before anything is fetched, held or recorded."""
+        pipeline = self._services.pipeline
+        pipeline.authorize(principal, "inference")
+        model = pipeline.model(principal, task.model)
+        translate.refuse_unsupported(task, resolves_images=True)
+        if task.inputs is not None and task.inputs.images and not model.engine.capabilities.vision:
             served = model.stand_in_for or model.id
             raise UnsupportedFeature(
                 f"The served model ({served}) has no image input; send the task without inputs.images.",
                 parameter="inputs.images",
             )
+        return model
+
+    async def resolve_images(self, principal: Principal, task: TextInferenceTask) -> tuple[str, ...]:
+        """The task's `inputs.images` as data URIs; an image that cannot be had names its index."""
+        refs = task.inputs.images if task.inputs is not None and task.inputs.images else []
+        if not refs:
+            return ()
+        images = await resolve_images(self._services.media, principal.account_id, refs)
         return tuple(image.data_uri() for image in images)
 
-    async def check_webhook(self, url: str) -> None:
-        try:
-            await self._services.fetcher.check_url(url)
-        except FetchError as exc:
-            raise InvalidRequest(
-                f"webhookURL: {exc}", code="invalidWebhookURL", parameter="webhookURL"
-            ) from None
+    async def admit(self, principal: Principal, task: TextInferenceTask) -> Admission:
+        """Everything before a textInference runs: checks, images, webhook URL, then the pipeline's
+        admission (limits and credit). The caller owns the returned admission."""
+        model = self.prepare(principal, task)
+        images = await self.resolve_images(principal, task)
+        if task.webhookURL is not None:
+            try:
+                await self._services.fetcher.check_url(task.webhookURL)
+            except FetchError as exc:
+                raise InvalidRequest(
+                    f"webhookURL: {exc}", code="invalidWebhookURL", parameter="webhookURL"
+                ) from None
+        request = translate.to_generation_request(task, model.id, images)
+        return await self._services.pipeline.admit(
+            principal,
+            model,
+            request,
+            n=task.numberResults,
+            seed=task.seed,
+            protocol=PROTOCOL,
+            request_id=task.taskUUID,
+        )
 
-    async def text_inference(self, principal: Principal, wire: dict[str, Any]) -> list[dict[str, Any]]:
-        model = self.prepare(wire, resolves_images=True)
-        delivery = wire.get("deliveryMethod", "sync")
-        if delivery == "stream":
+    async def begin(self, principal: Principal, task: TextInferenceTask, admission: Admission) -> str:
+        """Record the admitted task (409 for a reused taskUUID, its hold released); its delivery."""
+        delivery = "webhook" if task.webhookURL is not None else task.deliveryMethod
+        try:
+            await self.tasks.begin(principal, task.taskUUID, "textInference", delivery, task_record(task))
+        except BaseException:
+            await admission.aclose()
+            raise
+        return delivery
+
+    async def text_inference(self, principal: Principal, task: TextInferenceTask) -> list[dict[str, Any]]:
+        if task.deliveryMethod == "stream":
             raise UnsupportedFeature(
                 "deliveryMethod 'stream' must be the only task of its request.", parameter="deliveryMethod"
             )
-        images = await self.resolve_images(principal, wire, model)
-        if wire.get("webhookURL") is not None:
-            await self.check_webhook(wire["webhookURL"])
-            delivery = "webhook"
-        await self._services.inference.admit(principal)
-        task_uuid = wire["taskUUID"]
-        await self.tasks.begin(principal, task_uuid, "textInference", delivery, wire)
+        admission = await self.admit(principal, task)
+        delivery = await self.begin(principal, task, admission)
+        ack = [{"taskType": "textInference", "taskUUID": task.taskUUID}]
         if delivery == "webhook":
-            self.tasks.spawn(self._background(self.execute_webhook(principal, model, wire, images)))
-            return [{"taskType": "textInference", "taskUUID": task_uuid}]
-        work = self.execute(principal, model, wire, images)
+            self.tasks.spawn(self.execute_webhook(admission, task))
+            return ack
+        work = self.execute(admission, task)
         if delivery == "async":
-            self.tasks.spawn(self._background(work))
-            return [{"taskType": "textInference", "taskUUID": task_uuid}]
+            self.tasks.spawn(work)
+            return ack
         return await work
 
-    def generations(
-        self, wire: dict[str, Any], model: ServedModel, images: tuple[str, ...]
-    ) -> list[Generation]:
-        base = translate.to_generation_request(wire, model.id, images)
-        return fan_out(base, wire.get("seed"), wire.get("numberResults", 1))
-
-    async def execute(
-        self, principal: Principal, model: ServedModel, wire: dict[str, Any], images: tuple[str, ...] = ()
-    ) -> list[dict[str, Any]]:
+    async def execute(self, admission: Admission, task: TextInferenceTask) -> list[dict[str, Any]]:
         """Run the N generations, store the outcome durably, return the items (or raise)."""
-        task_uuid = wire["taskUUID"]
-        try:
-            generations = self.generations(wire, model, images)
-            results = await self._services.inference.run_all(
-                principal, model, generations, request_id=task_uuid, protocol=PROTOCOL
-            )
-        except asyncio.CancelledError:  # shutting down: the task was cut off, not failed
-            await asyncio.shield(self.tasks.fail(task_uuid, INTERRUPTED))
-            raise
-        except Exception as exc:
-            await self.tasks.fail(task_uuid, error_record(exc))
-            raise
-        items = [translate.result_item(wire, r) for r in results]
-        await self.tasks.complete(task_uuid, items)
-        return items
 
-    async def execute_webhook(
-        self, principal: Principal, model: ServedModel, wire: dict[str, Any], images: tuple[str, ...]
-    ) -> None:
-        """Each generation is enqueued for its webhook POST as soon as it ends, success or error.
+        async def items() -> list[dict[str, Any]]:
+            return [translate.result_item(task, r) for r in await admission.run_all()]
 
-        A shutdown mid-run leaves the task `processing`: the next start-up sends its receiver a
-        `taskInterrupted` error (services.notify_interrupted_webhooks) and ends the task.
-        """
-        task_uuid = wire["taskUUID"]
-        account_id = principal.account_id
-        url = wire["webhookURL"]
+        async with admission:
+            return await self.tasks.track(task.taskUUID, items())
+
+    async def execute_webhook(self, admission: Admission, task: TextInferenceTask) -> None:
+        """Each generation is enqueued for its webhook POST as soon as it ends, success or error;
+        a shutdown mid-run enqueues the `taskInterrupted` error (the outbox is durable)."""
+        task_uuid = task.taskUUID
+        account_id = admission.principal.account_id
+        url = task.webhookURL
+        assert url is not None
         webhooks = self._services.webhooks
 
-        async def one(index: int, generation: Generation) -> dict[str, Any]:
+        async def send(key: int | str, payload: dict[str, Any]) -> None:
+            await webhooks.enqueue(delivery_id(task_uuid, key), account_id, task_uuid, url, payload)
+
+        async def one(index: int) -> dict[str, Any]:
             try:
-                result = await self._services.inference.run(
-                    principal, model, generation, request_id=task_uuid, protocol=PROTOCOL
-                )
+                result = await admission.run(index)
             except Exception as exc:
-                error = error_item(exc, task_type="textInference", task_uuid=task_uuid)
-                await webhooks.enqueue(
-                    delivery_id(task_uuid, index), account_id, task_uuid, url, {"errors": [error]}
+                err = as_kimiserve_error(exc)
+                await send(
+                    index, {"errors": [error_item(err, task_type="textInference", task_uuid=task_uuid)]}
                 )
-                raise
-            item = translate.result_item(wire, result)
-            await webhooks.enqueue(
-                delivery_id(task_uuid, index), account_id, task_uuid, url, {"data": [item]}
-            )
+                raise err from exc
+            item = translate.result_item(task, result)
+            await send(index, {"data": [item]})
             return item
 
-        try:
-            generations = self.generations(wire, model, images)
-        except Exception as exc:
-            error = error_item(exc, task_type="textInference", task_uuid=task_uuid)
-            await webhooks.enqueue(
-                delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
-            )
-            await self.tasks.fail(task_uuid, error_record(exc))
-            raise
-        outcomes = await asyncio.gather(
-            *(one(i, g) for i, g in enumerate(generations)), return_exceptions=True
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if any(isinstance(f, asyncio.CancelledError) for f in failures):
-            raise asyncio.CancelledError
-        if failures:
-            await self.tasks.fail(task_uuid, error_record(failures[0]))
-            raise failures[0]
-        await self.tasks.complete(task_uuid, [o for o in outcomes if not isinstance(o, BaseException)])
+        async def items() -> list[dict[str, Any]]:
+            try:
+                outcomes = await asyncio.gather(
+                    *(one(i) for i in range(len(admission.generations))), return_exceptions=True
+                )
+            except asyncio.CancelledError:
+                error = error_item(INTERRUPTED, task_type="textInference", task_uuid=task_uuid)
+                await asyncio.shield(send("error", {"errors": [error]}))
+                raise
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return [o for o in outcomes if not isinstance(o, BaseException)]
 
-    async def image_upload(self, principal: Principal, wire: dict[str, Any]) -> list[dict[str, Any]]:
+        async with admission:
+            await self.tasks.track(task_uuid, items())
+
+    async def image_upload(self, principal: Principal, task: ImageUploadTask) -> list[dict[str, Any]]:
         """Store the image under a new imageUUID, served back at /media/<imageUUID>."""
-        task_uuid = wire["taskUUID"]
-        image: str = wire["image"]
+        image = task.image
         shown = (
             image if image.startswith(("http://", "https://")) else f"<{len(image)} characters of image data>"
         )
-        record = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": shown}
-        await self.tasks.begin(principal, task_uuid, "imageUpload", "sync", record)
-        try:
-            stored = await self._services.media.upload(principal.account_id, image, parameter="image")
-        except BaseException as exc:
-            await asyncio.shield(self.tasks.fail(task_uuid, error_record(exc)))
-            raise
-        item = {
-            "taskType": "imageUpload",
-            "taskUUID": task_uuid,
-            "imageUUID": stored.id,
-            "imageURL": f"{self._base_url}/media/{stored.id}",
-        }
-        await self.tasks.complete(task_uuid, [item])
-        return [item]
+        record = {"taskType": "imageUpload", "taskUUID": task.taskUUID, "image": shown}
+        await self.tasks.begin(principal, task.taskUUID, "imageUpload", "sync", record)
 
-    async def _background(self, work: Any) -> None:
-        try:
-            await work
-        except KimiserveError:
-            pass  # stored with the task; getResponse reports it
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("async task failed")
+        async def upload() -> list[dict[str, Any]]:
+            stored = await self._services.media.upload(principal.account_id, image, parameter="image")
+            return [
+                {
+                    "taskType": "imageUpload",
+                    "taskUUID": task.taskUUID,
+                    "imageUUID": stored.id,
+                    "imageURL": f"{self._base_url}/media/{stored.id}",
+                }
+            ]
+
+        return await self.tasks.track(task.taskUUID, upload())
 
     async def get_response(self, principal: Principal, task_uuid: str) -> list[dict[str, Any]]:
         row = await self.tasks.wait(principal, task_uuid, self._services.settings.get_response_wait_s)

@@ -2,64 +2,60 @@
 
 Errors found before the first event are normal HTTP errors; once the stream has started, an
 error is one in-band frame carrying both `error` (SDK 0.5.24) and `errors` (newer clients).
-A client leaving mid-stream cancels generation; leaving after the terminal chunk is normal.
+A client leaving mid-stream cancels generation (the task ends `clientDisconnected` and pays
+for what was streamed); leaving after the terminal chunk is normal.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from kimiserve.domain.inference import Accumulator, Generation
+from kimiserve.domain.pipeline import Accumulator, Admission
 from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
-from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher, error_record
+from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher
 from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.models import TextInferenceTask
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
 from kimiserve.services import Services
-
-CANCELLED = {
-    "code": "clientDisconnected",
-    "message": "The client left before the stream ended.",
-    "status": 400,
-}
 
 
 async def stream_task(services: Services, principal: Principal, raw: Any) -> Response:
     tasks = services.platform.tasks
     begun = False
+    admission: Admission | None = None
     try:
-        parse_task(raw)
-        wire: dict[str, Any] = raw
-        dispatcher = Dispatcher(services)
-        model = dispatcher.prepare(wire, resolves_images=True)
-        if wire.get("numberResults", 1) != 1:
+        task = parse_task(raw)
+        if not isinstance(task, TextInferenceTask):
+            raise InvalidRequest(
+                "deliveryMethod 'stream' is for textInference tasks.", parameter="deliveryMethod"
+            )
+        if task.numberResults != 1:
             raise InvalidRequest(
                 "deliveryMethod 'stream' delivers one result: numberResults must be 1.",
                 parameter="numberResults",
                 code="invalidNumberResults",
             )
-        images = await dispatcher.resolve_images(principal, wire, model)
-        await services.inference.admit(principal)
-        await tasks.begin(principal, wire["taskUUID"], "textInference", "stream", wire)
+        dispatcher = Dispatcher(services)
+        admission = await dispatcher.admit(principal, task)
+        await dispatcher.begin(principal, task, admission)
         begun = True
-        [generation] = dispatcher.generations(wire, model, images)
-        events = services.inference.stream(
-            principal, model, generation, request_id=wire["taskUUID"], protocol=PROTOCOL
-        )
-        events = await primed(events, services.settings.keepalive_s)
+        events = await primed(admission.stream(0), services.settings.keepalive_s)
     except Exception as exc:
-        if begun:
-            await tasks.fail(raw["taskUUID"], error_record(exc))
-        item = error_item(exc, task_type=task_type_of(raw), task_uuid=task_uuid_of(raw))
-        return JSONResponse({"errors": [item]}, status_code=status_of(exc))
-    body = _frames(services, model, wire, generation, events)
+        if admission is not None:
+            await admission.aclose()
+        err = await tasks.fail(raw["taskUUID"], exc) if begun else exc
+        services.metrics.request(PROTOCOL, "textInference", getattr(err, "code", "internalServerError"))
+        item = error_item(err, task_type=task_type_of(raw), task_uuid=task_uuid_of(raw))
+        return JSONResponse({"errors": [item]}, status_code=status_of(err))
+    body = _frames(services, admission, task, events)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
@@ -68,34 +64,38 @@ async def stream_task(services: Services, principal: Principal, raw: Any) -> Res
 
 
 async def _frames(
-    services: Services,
-    model: ServedModel,
-    wire: dict[str, Any],
-    generation: Generation,
-    events: AsyncIterator[Event],
-) -> AsyncIterator[bytes]:
+    services: Services, admission: Admission, task: TextInferenceTask, events: AsyncIterator[Event]
+) -> AsyncGenerator[bytes, None]:
     tasks = services.platform.tasks
-    task_uuid = wire["taskUUID"]
-    acc = Accumulator(generation.seed, model)
+    task_uuid = task.taskUUID
+    acc = Accumulator(admission.generations[0].seed, admission.model)
     ended = False
+    status = "success"
     try:
-        async for event in events:
-            acc.add(event)
-            if isinstance(event, TextDelta) and event.text:
-                yield frame(translate.delta_chunk(task_uuid, event.text))
-            elif isinstance(event, ReasoningDelta) and event.text:
-                yield frame(translate.delta_chunk(task_uuid, event.text, reasoning=True))
-        result = acc.result()
-        await tasks.complete(task_uuid, [translate.result_item(wire, result)])
-        ended = True
-        yield frame(translate.terminal_chunk(wire, result))
-        yield frame("[DONE]")
-    except Exception as exc:
-        ended = True
-        await tasks.fail(task_uuid, error_record(exc))
-        item = error_item(exc, task_type="textInference", task_uuid=task_uuid)
-        yield frame({"taskUUID": task_uuid, "taskType": "textInference", "error": item, "errors": [item]})
+        async with admission, contextlib.aclosing(events):  # type: ignore[type-var]
+            try:
+                async for event in events:
+                    acc.add(event)
+                    if isinstance(event, TextDelta) and event.text:
+                        yield frame(translate.delta_chunk(task_uuid, event.text))
+                    elif isinstance(event, ReasoningDelta) and event.text:
+                        yield frame(translate.delta_chunk(task_uuid, event.text, reasoning=True))
+            except Exception as exc:
+                ended = True
+                err = await tasks.fail(task_uuid, exc)
+                status = err.code
+                item = error_item(err, task_type="textInference", task_uuid=task_uuid)
+                yield frame(
+                    {"taskUUID": task_uuid, "taskType": "textInference", "error": item, "errors": [item]}
+                )
+                return
+            result = acc.result()
+            await tasks.complete(task_uuid, [translate.result_item(task, result)])
+            ended = True
+            yield frame(translate.terminal_chunk(task, result))
+            yield frame("[DONE]")
     finally:
-        if not ended:  # the client left mid-stream: record it without awaiting in a cancelled scope
-            tasks.spawn(tasks.fail(task_uuid, CANCELLED))
-        await events.aclose()  # type: ignore[attr-defined]
+        if not ended:  # the client left mid-stream (or the server is stopping)
+            status = "clientDisconnected"
+            tasks.spawn(tasks.cancel(task_uuid, client_left=True))
+        services.metrics.request(PROTOCOL, "textInference", status)

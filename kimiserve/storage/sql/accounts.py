@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.domain.ports import AccountRow, KeyRow, Limits
 from kimiserve.storage.sql.tables import accounts, api_keys
 
 
-@dataclass(frozen=True)
-class AccountRow:
-    id: str
-    name: str
-    balance_usd: float | None
-    webhook_secret: str
+def _limits(row: Any) -> Limits:
+    return Limits(rpm=row.rpm_limit, tpm=row.tpm_limit, concurrency=row.concurrency_limit)
 
 
-@dataclass(frozen=True)
-class KeyRow:
-    id: str
-    account_id: str
-    name: str
-    secret_hash: str
-    revoked: bool
+def _account(row: Any) -> AccountRow:
+    return AccountRow(
+        id=row.id,
+        name=row.name,
+        balance_micros=row.balance_micros,
+        reserved_micros=row.reserved_micros,
+        webhook_secret=row.webhook_secret,
+        limits=_limits(row),
+    )
+
+
+def _key(row: Any, account_limits: Limits) -> KeyRow:
+    return KeyRow(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        revoked=row.revoked_at is not None,
+        scopes=frozenset(row.scopes.split()),
+        models=tuple(json.loads(row.models)) if row.models is not None else None,
+        limits=_limits(row),
+        account_limits=account_limits,
+    )
+
+
+def _limit_values(limits: Limits) -> dict[str, int | None]:
+    return {"rpm_limit": limits.rpm, "tpm_limit": limits.tpm, "concurrency_limit": limits.concurrency}
 
 
 class SqlAccountStore:
@@ -38,45 +56,47 @@ class SqlAccountStore:
                 accounts.insert().values(
                     id=account_id,
                     name=name,
-                    balance_usd=None,
+                    balance_micros=None,
+                    reserved_micros=0,
                     webhook_secret=webhook_secret,
                     created_at=time.time(),
                 )
             )
-        return AccountRow(account_id, name, None, webhook_secret)
+        return AccountRow(account_id, name, None, 0, webhook_secret, Limits())
 
     async def get_account(self, account_id: str) -> AccountRow | None:
         async with self._db.connect() as conn:
             row = (await conn.execute(accounts.select().where(accounts.c.id == account_id))).first()
-        if row is None:
-            return None
-        return AccountRow(row.id, row.name, row.balance_usd, row.webhook_secret)
+        return _account(row) if row is not None else None
 
     async def find_account_by_name(self, name: str) -> AccountRow | None:
         async with self._db.connect() as conn:
             row = (await conn.execute(accounts.select().where(accounts.c.name == name))).first()
-        if row is None:
-            return None
-        return AccountRow(row.id, row.name, row.balance_usd, row.webhook_secret)
+        return _account(row) if row is not None else None
 
-    async def add_balance(self, account_id: str, delta_usd: float) -> None:
+    async def list_accounts(self) -> list[AccountRow]:
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(accounts.select().order_by(accounts.c.created_at))).all()
+        return [_account(r) for r in rows]
+
+    async def set_account_limits(self, account_id: str, limits: Limits) -> bool:
         async with self._db.begin() as conn:
-            await conn.execute(
-                accounts.update()
-                .where(accounts.c.id == account_id)
-                .values(balance_usd=sa.func.coalesce(accounts.c.balance_usd, 0.0) + delta_usd)
+            result = await conn.execute(
+                accounts.update().where(accounts.c.id == account_id).values(**_limit_values(limits))
             )
+        return bool(result.rowcount)
 
-    async def charge(self, account_id: str, cost_usd: float) -> None:
-        """Subtract a settled cost from a metered account (unlimited accounts stay NULL)."""
-        async with self._db.begin() as conn:
-            await conn.execute(
-                accounts.update()
-                .where(accounts.c.id == account_id, accounts.c.balance_usd.is_not(None))
-                .values(balance_usd=accounts.c.balance_usd - cost_usd)
-            )
-
-    async def create_key(self, key_id: str, account_id: str, name: str, secret_hash: str) -> None:
+    async def create_key(
+        self,
+        key_id: str,
+        account_id: str,
+        name: str,
+        secret_hash: str,
+        *,
+        scopes: frozenset[str],
+        models: tuple[str, ...] | None,
+        limits: Limits,
+    ) -> None:
         async with self._db.begin() as conn:
             await conn.execute(
                 api_keys.insert().values(
@@ -86,15 +106,36 @@ class SqlAccountStore:
                     secret_hash=secret_hash,
                     created_at=time.time(),
                     revoked_at=None,
+                    scopes=" ".join(sorted(scopes)),
+                    models=json.dumps(list(models)) if models is not None else None,
+                    **_limit_values(limits),
                 )
             )
 
     async def get_key(self, key_id: str) -> KeyRow | None:
+        """The key with its account's limits (one query: authentication is on every request)."""
+        query = (
+            sa.select(
+                api_keys,
+                accounts.c.rpm_limit.label("a_rpm"),
+                accounts.c.tpm_limit.label("a_tpm"),
+                accounts.c.concurrency_limit.label("a_conc"),
+            )
+            .join(accounts, accounts.c.id == api_keys.c.account_id)
+            .where(api_keys.c.id == key_id)
+        )
         async with self._db.connect() as conn:
-            row = (await conn.execute(api_keys.select().where(api_keys.c.id == key_id))).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             return None
-        return KeyRow(row.id, row.account_id, row.name, row.secret_hash, row.revoked_at is not None)
+        return _key(row, Limits(rpm=row.a_rpm, tpm=row.a_tpm, concurrency=row.a_conc))
+
+    async def set_key_limits(self, key_id: str, limits: Limits) -> bool:
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id).values(**_limit_values(limits))
+            )
+        return bool(result.rowcount)
 
     async def revoke_key(self, key_id: str) -> bool:
         async with self._db.begin() as conn:
@@ -105,7 +146,10 @@ class SqlAccountStore:
             )
         return bool(result.rowcount)
 
-    async def list_keys(self) -> list[KeyRow]:
+    async def list_keys(self, account_id: str | None = None) -> list[KeyRow]:
+        query = api_keys.select().order_by(api_keys.c.created_at)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
         async with self._db.connect() as conn:
-            rows = (await conn.execute(api_keys.select().order_by(api_keys.c.created_at))).all()
-        return [KeyRow(r.id, r.account_id, r.name, r.secret_hash, r.revoked_at is not None) for r in rows]
+            rows = (await conn.execute(query)).all()
+        return [_key(r, Limits()) for r in rows]

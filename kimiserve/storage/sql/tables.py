@@ -1,4 +1,8 @@
-"""Every table kimiserve stores, in one place (SQLAlchemy Core)."""
+"""Every table kimiserve stores, in one place (SQLAlchemy Core), as the migrations leave them.
+
+For queries only: the schema itself is made by the frozen DDL in `migrations.py`.
+Money columns are integer micro-USD (`*_micros`); limits NULL mean "no limit".
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ accounts = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
-    # NULL balance = unlimited (the default for a self-hosted operator's own account).
-    sa.Column("balance_usd", sa.Float, nullable=True),
     sa.Column("webhook_secret", sa.String(100), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # NULL balance = unmetered (the default for a self-hosted operator's own account).
+    sa.Column("balance_micros", sa.BigInteger, nullable=True),
+    sa.Column("reserved_micros", sa.BigInteger, nullable=False),
+    sa.Column("rpm_limit", sa.Integer, nullable=True),
+    sa.Column("tpm_limit", sa.Integer, nullable=True),
+    sa.Column("concurrency_limit", sa.Integer, nullable=True),
 )
 
 api_keys = sa.Table(
@@ -26,6 +34,11 @@ api_keys = sa.Table(
     sa.Column("secret_hash", sa.String(64), nullable=False),  # sha256 hex of the whole key
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("scopes", sa.Text, nullable=False),  # space-separated
+    sa.Column("models", sa.Text, nullable=True),  # JSON array of model names; NULL = every model
+    sa.Column("rpm_limit", sa.Integer, nullable=True),
+    sa.Column("tpm_limit", sa.Integer, nullable=True),
+    sa.Column("concurrency_limit", sa.Integer, nullable=True),
 )
 
 tasks = sa.Table(
@@ -55,8 +68,10 @@ usage_records = sa.Table(
     sa.Column("completion_tokens", sa.Integer, nullable=False),
     sa.Column("cached_tokens", sa.Integer, nullable=False),
     sa.Column("reasoning_tokens", sa.Integer, nullable=False),
-    sa.Column("cost_usd", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("outcome", sa.String(20), nullable=False),  # completed | disconnected
 )
 
 schema_migrations = sa.Table(
@@ -93,5 +108,37 @@ media = sa.Table(
     sa.Column("content_type", sa.String(100), nullable=False),
     sa.Column("size_bytes", sa.Integer, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# ---- 003_ledger_scopes_limits ---------------------------------------------------------------
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("account_id", sa.String(36), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # held | settled | released
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Every movement of money. `amount_micros` moves the balance (top-up +, settlement -,
+# adjustment ±), `hold_micros` moves the reserved amount (reservation +, release and
+# settlement -): per account, the amounts sum to the balance and the holds to `reserved_micros`.
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(36), nullable=False),
+    # topup | reservation | settlement | release | adjustment
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+    sa.Column("hold_micros", sa.BigInteger, nullable=False),
+    sa.Column("reservation_id", sa.String(36), nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.domain.ports import TaskExists, TaskRow
 from kimiserve.storage.sql.tables import tasks
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    task_uuid: str
-    account_id: str
-    task_type: str
-    delivery: str
-    status: str  # processing | success | error
-    request: dict[str, Any]
-    results: list[dict[str, Any]] | None
-    error: dict[str, Any] | None
-
-
-class TaskExists(Exception):
-    """The taskUUID was used before."""
 
 
 def _row(r: Any) -> TaskRow:
@@ -75,11 +59,12 @@ class SqlTaskStore:
         *,
         results: list[dict[str, Any]] | None = None,
         error: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> bool:
+        """End a `processing` task; False if it had already ended (the first ending wins)."""
         async with self._db.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 tasks.update()
-                .where(tasks.c.task_uuid == task_uuid)
+                .where(tasks.c.task_uuid == task_uuid, tasks.c.status == "processing")
                 .values(
                     status="error" if error is not None else "success",
                     results_json=json.dumps(results) if results is not None else None,
@@ -87,6 +72,7 @@ class SqlTaskStore:
                     updated_at=time.time(),
                 )
             )
+        return bool(result.rowcount)
 
     async def get(self, task_uuid: str) -> TaskRow | None:
         async with self._db.connect() as conn:

@@ -68,7 +68,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     engine = ProbeEngine()
 
     def swap(services: Services) -> None:
-        services.registry = build_registry(settings, engine, "probe")
+        services.registry = services.pipeline.registry = build_registry(settings, engine, "probe")
 
     app = create_app(settings, on_ready=swap)
     server = uvicorn.Server(uvicorn.Config(app, port=settings.port, log_level="warning", lifespan="on"))
@@ -143,7 +143,12 @@ async def test_stream_disconnect_cancels_generation(probe: InProcess, oa: AsyncO
             break
     await stream.close()
     assert await probe.all_closed()
-    assert usage_rows(probe.data_dir, request_id) == []  # nothing finished, nothing charged
+    # Both generations were cut off: each pays for what it produced until then, and no more.
+    deadline = time.monotonic() + 5
+    while len(rows := usage_rows(probe.data_dir, request_id)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [r["outcome"] for r in rows] == ["disconnected", "disconnected"]
+    assert all(r["completion_tokens"] < 400 for r in rows)
 
 
 async def test_unstreamed_disconnect_cancels_generation(probe: InProcess) -> None:

@@ -1,0 +1,166 @@
+"""What the domain needs from storage: small protocols, and the rows they return.
+
+`storage/sql` implements these (SQLite by default); the domain and platform depend on these
+protocols only, never on a concrete store. Money is integer micro-USD everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# ---- rows ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Rate limits; None means no limit of that kind."""
+
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens (prompt + completion) per minute
+    concurrency: int | None = None  # requests running at once
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.concurrency))
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    id: str
+    name: str
+    balance_micros: int | None  # None: unmetered
+    reserved_micros: int
+    webhook_secret: str
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def metered(self) -> bool:
+        return self.balance_micros is not None
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: str
+    account_id: str
+    name: str
+    secret_hash: str
+    revoked: bool
+    scopes: frozenset[str]
+    models: tuple[str, ...] | None  # None: every model
+    limits: Limits = field(default_factory=Limits)
+    account_limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    account_id: str
+    key_id: str | None
+    request_id: str
+    protocol: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_micros: int
+    outcome: str = "completed"  # completed | disconnected
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    account_id: str
+    kind: str  # topup | reservation | settlement | release | adjustment
+    amount_micros: int  # moves the balance
+    hold_micros: int  # moves the reserved amount
+    reservation_id: str | None
+    request_id: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_uuid: str
+    account_id: str
+    task_type: str
+    delivery: str
+    status: str  # processing | success | error
+    request: dict[str, Any]
+    results: list[dict[str, Any]] | None
+    error: dict[str, Any] | None
+
+
+class TaskExists(Exception):
+    """The taskUUID was used before."""
+
+
+class InsufficientBalance(Exception):
+    """A reservation the account's available balance cannot cover."""
+
+
+# ---- stores -------------------------------------------------------------------------------
+
+
+class AccountStore(Protocol):
+    async def create_account(self, account_id: str, name: str, webhook_secret: str) -> AccountRow: ...
+    async def get_account(self, account_id: str) -> AccountRow | None: ...
+    async def find_account_by_name(self, name: str) -> AccountRow | None: ...
+    async def list_accounts(self) -> list[AccountRow]: ...
+    async def set_account_limits(self, account_id: str, limits: Limits) -> bool: ...
+    async def create_key(
+        self,
+        key_id: str,
+        account_id: str,
+        name: str,
+        secret_hash: str,
+        *,
+        scopes: frozenset[str],
+        models: tuple[str, ...] | None,
+        limits: Limits,
+    ) -> None: ...
+    async def get_key(self, key_id: str) -> KeyRow | None: ...
+    async def set_key_limits(self, key_id: str, limits: Limits) -> bool: ...
+    async def revoke_key(self, key_id: str) -> bool: ...
+    async def list_keys(self, account_id: str | None = None) -> list[KeyRow]: ...
+
+
+class LedgerStore(Protocol):
+    async def reserve(self, account_id: str, request_id: str, holds: list[tuple[str, int]]) -> None:
+        """Hold each (reservation id, micros) at once, or raise InsufficientBalance (nothing held)."""
+
+    async def settle(self, reservation_id: str | None, usage: UsageRow) -> None:
+        """Charge the usage's cost, release the rest of its hold, and write the usage row: one
+        transaction. `reservation_id` None: an unmetered account, the usage row alone."""
+
+    async def release(self, reservation_id: str) -> None:
+        """Give a hold back unspent (a no-op for one already settled or released)."""
+
+    async def top_up(self, account_id: str, amount_micros: int, note: str | None) -> int:
+        """Add money (an unmetered account becomes metered); return the new balance."""
+
+    async def release_all_held(self) -> int:
+        """At start-up: release every hold a restart left behind; return how many."""
+
+    async def entries(self, account_id: str) -> list[LedgerEntry]: ...
+
+
+class UsageStore(Protocol):
+    async def for_account(self, account_id: str) -> list[UsageRow]: ...
+
+
+class TaskStore(Protocol):
+    async def create(
+        self, task_uuid: str, account_id: str, task_type: str, delivery: str, request: dict[str, Any]
+    ) -> None:
+        """Record a new task as `processing`; raise TaskExists when the UUID was used before."""
+
+    async def finish(
+        self,
+        task_uuid: str,
+        *,
+        results: list[dict[str, Any]] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a `processing` task; False if it had already ended (the first ending wins)."""
+
+    async def get(self, task_uuid: str) -> TaskRow | None: ...
+    async def fail_interrupted(self, error: dict[str, Any]) -> int: ...

@@ -1,0 +1,128 @@
+"""Rate limits per key and per account: requests/minute, tokens/minute, concurrent requests.
+
+Requests and tokens per minute are moving windows of the `limits` library (in-memory storage
+on one replica; the replicas issue passes its Redis storage). Concurrency is a count of the
+requests this process is running. A refusal raises `RateLimited` with `retry_after_s`, and
+consumes nothing: every window is tested before any is hit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from kimiserve.domain.ports import Limits
+from kimiserve.errors import RateLimited
+from kimiserve.platform.api_keys import Principal
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """One window's state for OpenAI's `x-ratelimit-*` headers (the tightest of key and account)."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass
+class Permit:
+    """An admitted request: holds its concurrency slots until `release()`."""
+
+    limiter: RateLimiter
+    subjects: list[tuple[str, str, Limits]]
+    requests: WindowState | None = None
+    tokens: WindowState | None = None
+    _released: bool = field(default=False, repr=False)
+
+    async def record_tokens(self, tokens: int) -> None:
+        """Count tokens produced after admission against the tokens-per-minute windows."""
+        await self.limiter.record_tokens(self.subjects, tokens)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.limiter.end(self.subjects)
+
+
+def _subjects(principal: Principal) -> list[tuple[str, str, Limits]]:
+    return [
+        ("key", principal.key_id, principal.key_limits),
+        ("account", principal.account_id, principal.account_limits),
+    ]
+
+
+class RateLimiter:
+    def __init__(self, storage: Storage | None = None) -> None:
+        self._storage = storage if storage is not None else MemoryStorage()
+        self._window = MovingWindowRateLimiter(self._storage)
+        self._running: Counter[tuple[str, str]] = Counter()
+
+    async def acquire(self, principal: Principal, tokens: int) -> Permit:
+        """Admit one request expected to use `tokens` (its prompt), or raise RateLimited."""
+        subjects = _subjects(principal)
+        for kind, ident, limits in subjects:
+            if limits.concurrency is not None and self._running[(kind, ident)] >= limits.concurrency:
+                raise RateLimited(
+                    f"Too many concurrent requests for this {kind} (limit {limits.concurrency}).",
+                    parameter="concurrency",
+                    retry_after_s=1.0,
+                )
+        checks: list[tuple[str, str, RateLimitItem, int, str]] = []
+        for kind, ident, limits in subjects:
+            if limits.rpm is not None:
+                checks.append((kind, ident, RateLimitItemPerMinute(limits.rpm), 1, "requests"))
+            if limits.tpm is not None:
+                if tokens > limits.tpm:
+                    raise RateLimited(
+                        f"The request needs about {tokens} tokens, more than this {kind}'s limit of "
+                        f"{limits.tpm} tokens per minute.",
+                        parameter="tpm",
+                        retry_after_s=60.0,
+                    )
+                checks.append((kind, ident, RateLimitItemPerMinute(limits.tpm), tokens, "tokens"))
+        for kind, ident, item, cost, what in checks:
+            if not await self._window.test(item, kind, ident, what, cost=cost):
+                stats = await self._window.get_window_stats(item, kind, ident, what)
+                raise RateLimited(
+                    f"Rate limit reached for this {kind}: {item.amount} {what} per minute.",
+                    parameter="rpm" if what == "requests" else "tpm",
+                    retry_after_s=max(1.0, math.ceil(stats.reset_time - time.time())),
+                )
+        permit = Permit(self, subjects)
+        for kind, ident, item, cost, what in checks:
+            await self._window.hit(item, kind, ident, what, cost=cost)
+            stats = await self._window.get_window_stats(item, kind, ident, what)
+            state = WindowState(item.amount, stats.remaining, max(0.0, stats.reset_time - time.time()))
+            current = permit.requests if what == "requests" else permit.tokens
+            if current is None or state.remaining < current.remaining:
+                if what == "requests":
+                    permit.requests = state
+                else:
+                    permit.tokens = state
+        for kind, ident, _ in subjects:
+            self._running[(kind, ident)] += 1
+        return permit
+
+    async def record_tokens(self, subjects: list[tuple[str, str, Limits]], tokens: int) -> None:
+        for kind, ident, limits in subjects:
+            if limits.tpm is None or tokens <= 0:
+                continue
+            item = RateLimitItemPerMinute(limits.tpm)
+            stats = await self._window.get_window_stats(item, kind, ident, "tokens")
+            cost = min(tokens, stats.remaining)  # a window cannot hold more than its limit
+            if cost > 0:
+                await self._window.hit(item, kind, ident, "tokens", cost=cost)
+
+    def end(self, subjects: list[tuple[str, str, Limits]]) -> None:
+        for kind, ident, _ in subjects:
+            key = (kind, ident)
+            self._running[key] -= 1
+            if self._running[key] <= 0:
+                del self._running[key]
