@@ -6,10 +6,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from kimiserve.http import admin, openapi
+from kimiserve.http.metrics import CONTENT_TYPE
+from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.protocols.openai.routes import routes as openai_routes
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
@@ -33,6 +37,11 @@ async def media(request: Request) -> Response:
         return JSONResponse({"errors": [{"code": "notFound", "message": "No such image."}]}, status_code=404)
     path, content_type = found
     return FileResponse(path, media_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(
@@ -59,8 +68,12 @@ def create_app(
     all_routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/media/{image_uuid}", media, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.docs, methods=["GET"]),
     ]
+    all_routes += admin.routes()
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
-    return Starlette(routes=all_routes, lifespan=lifespan)
+    return Starlette(routes=all_routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     get_response_wait_s: float = Field(25.0, description="How long getResponse holds its reply open.")
     keepalive_s: float = Field(10.0, description="Seconds between SSE keep-alive comments.")
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted request body.")
+    rate_limit_window_s: int = Field(
+        60, description="Window of the per-minute rate limits (rpm, tpm), in seconds; 60 = per minute."
+    )
     log_level: str = Field("info", description="Log level.")
     public_url: str | None = Field(
         None, description="Base URL clients reach this server at (for imageURL); default from the request."

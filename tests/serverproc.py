@@ -32,8 +32,10 @@ def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return out.stdout
 
 
-def create_key(data_dir: Path, account: str = "default", name: str = "test") -> str:
-    return cli(data_dir, "keys", "create", "--name", name, "--account", account).strip().splitlines()[-1]
+def create_key(data_dir: Path, account: str = "default", name: str = "test", *options: str) -> str:
+    """A new key's text; `options` go to `keys create` (e.g. "--scopes", "all")."""
+    out = cli(data_dir, "keys", "create", "--name", name, "--account", account, *options)
+    return out.strip().splitlines()[-1]
 
 
 @dataclass

@@ -168,10 +168,12 @@ class Admission:
     holds: list[str | None]  # per generation: its reservation id, None when unmetered
     permit: Permit
     _open: list[bool] = field(default_factory=list, repr=False)  # per generation: not yet settled
+    _running: list[bool] = field(default_factory=list, repr=False)  # per generation: stream() active
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._open = [True] * len(self.generations)
+        self._running = [False] * len(self.generations)
 
     async def __aenter__(self) -> Admission:
         return self
@@ -187,9 +189,13 @@ class Admission:
         first: float | None = None
         produced = 0
         usage: Usage | None = None
+        self._running[index] = True
         try:
             async with contextlib.aclosing(self.model.engine.generate(generation.request)) as events:
-                async for event in events:
+                while True:
+                    event = await self._next(index, events)
+                    if event is None:
+                        break
                     if isinstance(event, TextDelta | ReasoningDelta | ToolCallEvent):
                         produced += 1
                         if first is None:
@@ -199,14 +205,11 @@ class Admission:
                         usage = event
                     elif isinstance(event, Finished):
                         final = usage if usage is not None else Usage(self.prompt_tokens, produced)
-                        await self._settle(index, final, "completed")
+                        await self._settle(index, final, "completed")  # its failure is ours, not the engine's
                         pipeline.observer.generation(
                             self.model.id, final.completion_tokens, time.monotonic() - (first or started)
                         )
                     yield event
-        except KimiserveError:
-            await self._release(index)
-            raise
         except (GeneratorExit, asyncio.CancelledError):
             # The consumer stopped: a client that left pays for what it got; a shutdown does not.
             if pipeline.shutting_down:
@@ -215,9 +218,23 @@ class Admission:
                 cut = Usage(self.prompt_tokens, produced)
                 await asyncio.shield(self._settle(index, cut, "disconnected"))
             raise
-        except Exception as exc:  # a bug in an engine: never let it look like a client error
+        except BaseException:
+            await asyncio.shield(self._release(index))
+            raise
+        finally:
+            self._running[index] = False
+
+    async def _next(self, index: int, events: AsyncGenerator[Event, None]) -> Event | None:
+        """The engine's next event (None at its end); an engine's unexpected exception becomes an
+        EngineError, so a bug in an engine never looks like a client error."""
+        try:
+            return await anext(events)
+        except StopAsyncIteration:
+            return None
+        except (KimiserveError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
             log.exception("engine %s failed", self.model.engine.name)
-            await self._release(index)
             raise EngineError("The engine failed while generating.") from exc
 
     async def run(self, index: int) -> GenerationResult:
@@ -273,12 +290,15 @@ class Admission:
             await self.pipeline.release_hold(hold)
 
     async def aclose(self) -> None:
+        """Release the holds of generations that never ran; a running stream settles or releases
+        its own when it ends (so a client that left is charged, not refunded, by a race)."""
         if self._closed:
             return
         self._closed = True
         try:
             for index in range(len(self.holds)):
-                await asyncio.shield(self._release(index))
+                if not self._running[index]:
+                    await asyncio.shield(self._release(index))
         finally:
             self.permit.release()
 

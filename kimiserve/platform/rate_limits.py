@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from limits import RateLimitItem, RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
@@ -59,10 +59,16 @@ def _subjects(principal: Principal) -> list[tuple[str, str, Limits]]:
 
 
 class RateLimiter:
-    def __init__(self, storage: Storage | None = None) -> None:
+    def __init__(self, storage: Storage | None = None, window_s: int = 60) -> None:
+        """`window_s`: the window the per-minute limits count over (60; tests shorten it)."""
         self._storage = storage if storage is not None else MemoryStorage()
         self._window = MovingWindowRateLimiter(self._storage)
+        self._window_s = window_s
+        self._per = "minute" if window_s == 60 else f"{window_s} s"
         self._running: Counter[tuple[str, str]] = Counter()
+
+    def _item(self, amount: int) -> RateLimitItem:
+        return RateLimitItemPerSecond(amount, self._window_s)
 
     async def acquire(self, principal: Principal, tokens: int) -> Permit:
         """Admit one request expected to use `tokens` (its prompt), or raise RateLimited."""
@@ -77,21 +83,21 @@ class RateLimiter:
         checks: list[tuple[str, str, RateLimitItem, int, str]] = []
         for kind, ident, limits in subjects:
             if limits.rpm is not None:
-                checks.append((kind, ident, RateLimitItemPerMinute(limits.rpm), 1, "requests"))
+                checks.append((kind, ident, self._item(limits.rpm), 1, "requests"))
             if limits.tpm is not None:
                 if tokens > limits.tpm:
                     raise RateLimited(
                         f"The request needs about {tokens} tokens, more than this {kind}'s limit of "
-                        f"{limits.tpm} tokens per minute.",
+                        f"{limits.tpm} tokens per {self._per}.",
                         parameter="tpm",
-                        retry_after_s=60.0,
+                        retry_after_s=float(self._window_s),
                     )
-                checks.append((kind, ident, RateLimitItemPerMinute(limits.tpm), tokens, "tokens"))
+                checks.append((kind, ident, self._item(limits.tpm), tokens, "tokens"))
         for kind, ident, item, cost, what in checks:
             if not await self._window.test(item, kind, ident, what, cost=cost):
                 stats = await self._window.get_window_stats(item, kind, ident, what)
                 raise RateLimited(
-                    f"Rate limit reached for this {kind}: {item.amount} {what} per minute.",
+                    f"Rate limit reached for this {kind}: {item.amount} {what} per {self._per}.",
                     parameter="rpm" if what == "requests" else "tpm",
                     retry_after_s=max(1.0, math.ceil(stats.reset_time - time.time())),
                 )
@@ -114,7 +120,7 @@ class RateLimiter:
         for kind, ident, limits in subjects:
             if limits.tpm is None or tokens <= 0:
                 continue
-            item = RateLimitItemPerMinute(limits.tpm)
+            item = self._item(limits.tpm)
             stats = await self._window.get_window_stats(item, kind, ident, "tokens")
             cost = min(tokens, stats.remaining)  # a window cannot hold more than its limit
             if cost > 0:

@@ -1,7 +1,7 @@
 """The one place OpenAI-protocol errors are rendered: `{"error": {message, type, param, code}}`.
 
 Statuses are OpenAI's: 400 for a bad parameter (with `param`), 401 for a bad key, 404 for an
-unknown model, 429 for limits and for an exhausted balance (OpenAI's `insufficient_quota`), and
+unknown model, 429 for limits, 402 for an exhausted balance (type `insufficient_quota`), and
 500 for everything unexpected: logged with the request id, which the message repeats. Nothing
 unexpected is ever shown as a 400.
 """
@@ -9,6 +9,7 @@ unexpected is ever shown as a 400.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError
+from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def render(
     code = CODES.get(exc.code, _snake(exc.code))
     kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     if isinstance(exc, InsufficientCredits):
-        status, kind = 429, "insufficient_quota"
+        kind = "insufficient_quota"  # status 402, as the pipeline issue asks (OpenAI itself uses 429)
     message = exc.message
     if status >= 500:
         log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code)
@@ -130,4 +131,7 @@ def error_response(
     exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
 ) -> JSONResponse:
     status, body = render(exc, request_id, names)
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+    return JSONResponse(body, status_code=status, headers=headers)

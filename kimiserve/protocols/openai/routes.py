@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -15,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
+from kimiserve.http.request_id import request_id_of
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
 from kimiserve.protocols.openai.stream import PROTOCOL, open_stream, rate_limit_headers
@@ -50,7 +50,8 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    # One id scheme: the completion id is the request id's, as `chatcmpl-<hex>`.
+    request_id = "chatcmpl-" + request_id_of(request).removeprefix("req_")
     names: dict[str, str] = {}
     pipeline = services.pipeline
     try:
@@ -94,7 +95,7 @@ class Models:
         try:
             await authenticate(services, bearer_key(request))
         except Exception as exc:
-            return error_response(exc, f"req_{uuid.uuid4().hex}")
+            return error_response(exc, request_id_of(request))
         data = [e for m in services.registry.models() for e in translate.model_entries(m, self.created)]
         return JSONResponse({"object": "list", "data": data})
 
@@ -105,7 +106,7 @@ class Models:
             await authenticate(services, bearer_key(request))
             model = services.registry.resolve(name)
         except Exception as exc:
-            return error_response(exc, f"req_{uuid.uuid4().hex}")
+            return error_response(exc, request_id_of(request))
         [entry] = [e for e in translate.model_entries(model, self.created) if e["id"] == name]
         return JSONResponse(entry)
 

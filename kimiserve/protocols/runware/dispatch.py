@@ -19,7 +19,13 @@ from kimiserve.delivery.webhooks import delivery_id
 from kimiserve.domain.pipeline import Admission
 from kimiserve.domain.tasks import INTERRUPTED, Tasks, stored_error
 from kimiserve.engines.registry import ServedModel
-from kimiserve.errors import InvalidRequest, KimiserveError, UnsupportedFeature, as_kimiserve_error
+from kimiserve.errors import (
+    InvalidRequest,
+    KimiserveError,
+    RateLimited,
+    UnsupportedFeature,
+    as_kimiserve_error,
+)
 from kimiserve.media.fetch import FetchError
 from kimiserve.media.resolve import resolve_images
 from kimiserve.platform.api_keys import Principal
@@ -49,6 +55,7 @@ class Outcome:
     data: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     status: int
+    retry_after_s: float | None = None  # set when a task was refused by a rate limit
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -90,16 +97,19 @@ class Dispatcher:
         data: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         statuses: list[int] = []
+        retry_after: float | None = None
         for raw, result in zip(raw_tasks, results, strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
+                if isinstance(result, RateLimited):
+                    retry_after = max(retry_after or 0.0, result.retry_after_s)
                 errors.append(error_item(result, task_type=task_type_of(raw), task_uuid=task_uuid_of(raw)))
                 statuses.append(status_of(result))
             else:
                 data.extend(result)
         status = 200 if data or not statuses else statuses[0]
-        return Outcome(data, errors, status)
+        return Outcome(data, errors, status, retry_after)
 
     async def run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
         """One task of an array, counted in the metrics by its outcome."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import Any
 
-from kimiserve.errors import KimiserveError
+from kimiserve.errors import KimiserveError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ def error_item(exc: BaseException, *, task_type: str | None, task_uuid: str | No
         item["taskUUID"] = task_uuid
     item["documentation"] = DOCS
     return item
+
+
+def retry_after_header(exc: BaseException) -> dict[str, str]:
+    """`Retry-After` (whole seconds) for a rate-limit refusal; no header otherwise."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(math.ceil(exc.retry_after_s))}
+    return {}
 
 
 def status_of(exc: BaseException) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +13,7 @@ from kimiserve.errors import InvalidRequest, KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
 from kimiserve.protocols.runware.dispatch import Dispatcher
-from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.errors import error_item, retry_after_header, status_of
 from kimiserve.protocols.runware.stream import stream_task
 from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
 
@@ -22,7 +23,7 @@ def _error_response(exc: BaseException, tasks: list[Any]) -> JSONResponse:
     items = [error_item(exc, task_type=task_type_of(t), task_uuid=task_uuid_of(t)) for t in tasks] or [
         error_item(exc, task_type=None, task_uuid=None)
     ]
-    return JSONResponse({"errors": items}, status_code=status_of(exc))
+    return JSONResponse({"errors": items}, status_code=status_of(exc), headers=retry_after_header(exc))
 
 
 def _split_auth(body: Any) -> tuple[str | None, list[Any]]:
@@ -47,7 +48,8 @@ async def post_tasks(request: Request) -> Response:
     if len(tasks) == 1 and isinstance(tasks[0], dict) and tasks[0].get("deliveryMethod") == "stream":
         return await stream_task(services, principal, tasks[0])
     outcome = await Dispatcher(services, base_url=str(request.base_url)).run_array(principal, tasks)
-    return JSONResponse(outcome.body(), status_code=outcome.status)
+    headers = {"Retry-After": str(math.ceil(outcome.retry_after_s))} if outcome.retry_after_s else {}
+    return JSONResponse(outcome.body(), status_code=outcome.status, headers=headers)
 
 
 def routes() -> list[BaseRoute]:

@@ -21,7 +21,7 @@ from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
 from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher
-from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.errors import error_item, retry_after_header, status_of
 from kimiserve.protocols.runware.models import TextInferenceTask
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
 from kimiserve.services import Services
@@ -54,7 +54,7 @@ async def stream_task(services: Services, principal: Principal, raw: Any) -> Res
         err = await tasks.fail(raw["taskUUID"], exc) if begun else exc
         services.metrics.request(PROTOCOL, "textInference", getattr(err, "code", "internalServerError"))
         item = error_item(err, task_type=task_type_of(raw), task_uuid=task_uuid_of(raw))
-        return JSONResponse({"errors": [item]}, status_code=status_of(err))
+        return JSONResponse({"errors": [item]}, status_code=status_of(err), headers=retry_after_header(err))
     body = _frames(services, admission, task, events)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),

@@ -5,82 +5,28 @@ leaves. The app runs in-process under uvicorn with the scripted fake engine behi
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from openai import AsyncOpenAI
 
-from kimiserve.app import create_app
-from kimiserve.domain.types import Event, GenerationRequest
-from kimiserve.engines.fake import FakeEngine
-from kimiserve.services import Services, build_registry
-from kimiserve.settings import Settings
+from tests.inprocess import InProcess, serve_in_process
 from tests.protocols.openai.support import MODEL, usage_rows
-from tests.serverproc import create_key, free_port
+from tests.serverproc import create_key
 
 LONG = " ".join(f"w{i}" for i in range(400))
-
-
-@dataclass
-class ProbeEngine(FakeEngine):
-    """The fake engine, counting the generations it started and the ones that were closed."""
-
-    started: int = 0
-    closed: int = 0
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        self.started += 1
-        try:
-            async for event in super().generate(request):
-                yield event
-        finally:
-            self.closed += 1
-
-
-@dataclass
-class InProcess:
-    base_url: str
-    data_dir: Path
-    engine: ProbeEngine
-    key: str
-
-    async def all_closed(self, timeout_s: float = 3.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.engine.closed == self.engine.started:
-                return True
-            await asyncio.sleep(0.02)
-        return False
 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     data_dir = tmp_path_factory.mktemp("faults")
     key = create_key(data_dir)
-    settings = Settings(data_dir=data_dir, engine="fake", keepalive_s=0.2, port=free_port())
-    engine = ProbeEngine()
-
-    def swap(services: Services) -> None:
-        services.registry = services.pipeline.registry = build_registry(settings, engine, "probe")
-
-    app = create_app(settings, on_ready=swap)
-    server = uvicorn.Server(uvicorn.Config(app, port=settings.port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "in-process server did not start"
-        time.sleep(0.05)
-    yield InProcess(f"http://127.0.0.1:{settings.port}", data_dir, engine, key)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_process(data_dir, keepalive_s=0.2) as server:
+        server.key = key
+        yield server
 
 
 @pytest.fixture
@@ -130,7 +76,7 @@ async def test_n_streams_one_failing_reports_in_band(probe: InProcess, oa: Async
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
-    assert await probe.all_closed()
+    assert await probe.engine.all_closed()
 
 
 async def test_stream_disconnect_cancels_generation(probe: InProcess, oa: AsyncOpenAI) -> None:
@@ -142,7 +88,7 @@ async def test_stream_disconnect_cancels_generation(probe: InProcess, oa: AsyncO
         if chunk.choices and chunk.choices[0].delta.content:
             break
     await stream.close()
-    assert await probe.all_closed()
+    assert await probe.engine.all_closed()
     # Both generations were cut off: each pays for what it produced until then, and no more.
     deadline = time.monotonic() + 5
     while len(rows := usage_rows(probe.data_dir, request_id)) < 2 and time.monotonic() < deadline:
@@ -160,7 +106,7 @@ async def test_unstreamed_disconnect_cancels_generation(probe: InProcess) -> Non
                 f"{probe.base_url}/v1/chat/completions", json={"model": MODEL, "messages": user(LONG)}
             )
     assert probe.engine.started == started + 1
-    assert await probe.all_closed()
+    assert await probe.engine.all_closed()
 
 
 async def test_keepalive_while_silent(probe: InProcess) -> None:

@@ -223,7 +223,7 @@ def test_error_rendering() -> None:
     status, out = render(NotFound("no", code="invalidModel", parameter="model"), "rid")
     assert (status, out["error"]["code"], out["error"]["param"]) == (404, "model_not_found", "model")
     status, out = render(InsufficientCredits("broke"), "rid")
-    assert (status, out["error"]["type"]) == (429, "insufficient_quota")
+    assert (status, out["error"]["type"]) == (402, "insufficient_quota")
     status, out = render(EngineError("engine died"), "rid-1")
     assert status == 500 and "rid-1" in out["error"]["message"] and out["error"]["type"] == "server_error"
     status, out = render(KimiserveError("x", code="contextLengthExceeded", status=400), "rid")
