@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from kimiserve.domain.ports import AccountStore, InsufficientBalance, LedgerStore, UsageRow
+from kimiserve.domain.ports import AccountStore, Hold, InsufficientBalance, LedgerStore, UsageRow
 from kimiserve.domain.types import (
     Event,
     Finished,
@@ -165,7 +165,7 @@ class Admission:
     protocol: str
     request_id: str
     prompt_tokens: int
-    holds: list[str | None]  # per generation: its reservation id, None when unmetered
+    holds: list[Hold | None]  # per generation: its hold, None when unmetered
     permit: Permit
     _open: list[bool] = field(default_factory=list, repr=False)  # per generation: not yet settled
     _running: list[bool] = field(default_factory=list, repr=False)  # per generation: stream() active
@@ -318,7 +318,6 @@ class Pipeline:
         self.limiter = limiter
         self.observer: Observer = observer if observer is not None else NoObserver()
         self.shutting_down = False
-        self.hold_amounts: dict[str, int] = {}
         # The settlement step, replaceable by tests that inject a failure between engine and
         # settlement (the ledger store's own settle is the default).
         self.settle_hook = ledger.settle
@@ -365,24 +364,22 @@ class Pipeline:
         max_tokens = request.sampling.max_tokens or model.engine.capabilities.context_length
         permit = await self.limiter.acquire(principal, prompt_tokens)
         request_id = request_id or uuid.uuid4().hex
-        holds: list[str | None] = [None] * n
+        holds: list[Hold | None] = [None] * n
         try:
             account = await self.accounts.get_account(principal.account_id)
             if account is not None and account.metered:
                 worst = model.price.worst_case(prompt_tokens, max_tokens)
-                ids = [uuid.uuid4().hex for _ in range(n)]
+                taken = [Hold(uuid.uuid4().hex, principal.account_id, request_id, worst) for _ in range(n)]
                 try:
-                    await self.ledger.reserve(principal.account_id, request_id, [(i, worst) for i in ids])
+                    await self.ledger.reserve(taken)
                 except InsufficientBalance:
                     raise InsufficientCredits(
                         f"The account's available balance cannot cover this request's worst case "
                         f"(${worst * n / 1_000_000:.6f}: {n} × ({prompt_tokens} prompt tokens + "
                         f"{max_tokens} output tokens)). Top up, or lower maxTokens / numberResults.",
                     ) from None
-                for i in ids:
-                    self.hold_amounts[i] = worst
                 self.observer.reserved(worst * n)
-                holds = list(ids)
+                holds = list(taken)
         except BaseException:
             permit.release()
             raise
@@ -398,14 +395,14 @@ class Pipeline:
             permit=permit,
         )
 
-    async def release_hold(self, hold: str) -> None:
+    async def release_hold(self, hold: Hold) -> None:
         await self.ledger.release(hold)
         self.forget_hold(hold)
 
-    def forget_hold(self, hold: str | None) -> None:
+    def forget_hold(self, hold: Hold | None) -> None:
         """A hold settled or released: no longer outstanding (for the reserved-credit gauge)."""
         if hold is not None:
-            self.observer.reserved(-self.hold_amounts.pop(hold, 0))
+            self.observer.reserved(-hold.amount_micros)
 
 
 async def _engine_check(model: ServedModel, request: GenerationRequest) -> None:

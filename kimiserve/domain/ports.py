@@ -78,6 +78,17 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Credit held for one generation until it is settled or released (exactly once: the
+    Admission that owns it sees to that)."""
+
+    id: str
+    account_id: str
+    request_id: str
+    amount_micros: int
+
+
+@dataclass(frozen=True)
 class TaskRow:
     task_uuid: str
     account_id: str

@@ -1,6 +1,7 @@
 """Rate limits per key and per account: requests/minute, tokens/minute, concurrent requests.
 
-Requests and tokens per minute are moving windows of the `limits` library (in-memory storage
+Requests and tokens per minute are sliding-window counters of the `limits` library (O(1) per
+check whatever the count, where a moving window keeps one entry per token; in-memory storage
 on one replica; the replicas issue passes its Redis storage). Concurrency is a count of the
 requests this process is running. A refusal raises `RateLimited` with `retry_after_s`, and
 consumes nothing: every window is tested before any is hit.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from kimiserve.domain.ports import Limits
 from kimiserve.errors import RateLimited
@@ -62,7 +63,7 @@ class RateLimiter:
     def __init__(self, storage: Storage | None = None, window_s: int = 60) -> None:
         """`window_s`: the window the per-minute limits count over (60; tests shorten it)."""
         self._storage = storage if storage is not None else MemoryStorage()
-        self._window = MovingWindowRateLimiter(self._storage)
+        self._window = SlidingWindowCounterRateLimiter(self._storage)
         self._window_s = window_s
         self._per = "minute" if window_s == 60 else f"{window_s} s"
         self._running: Counter[tuple[str, str]] = Counter()

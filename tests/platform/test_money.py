@@ -119,7 +119,7 @@ async def test_failure_between_engine_and_settlement_charges_nothing(
     pipeline = server.services.pipeline
     real = pipeline.settle_hook
 
-    async def broken(hold: str | None, usage: Any) -> None:
+    async def broken(hold: Any, usage: Any) -> None:
         raise ConnectionError("the database went away")
 
     pipeline.settle_hook = broken

@@ -50,5 +50,5 @@ async def test_old_database_is_migrated_with_its_money(tmp_path: Path) -> None:
         ]
         names = [r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY name")]
         assert names == [name for name, _ in MIGRATIONS]
-        for table in ("accounts", "api_keys", "usage_records", "tasks", "ledger_entries", "reservations"):
+        for table in ("accounts", "api_keys", "usage_records", "tasks", "ledger_entries"):
             assert _columns(db, table) == _columns(new, table), table

@@ -1,7 +1,9 @@
 """The ledger in SQL: balances, holds and their entries, always moved in one transaction.
 
 A hold is taken with one conditional UPDATE (`balance - reserved >= amount`), so concurrent
-reservations can never together exceed the balance, on SQLite and PostgreSQL alike.
+reservations can never together exceed the balance, on SQLite and PostgreSQL alike. Holds are
+ledger entries (`hold_micros`), not rows of their own: a hold is open while the entries of its
+`reservation_id` do not sum to 0, which is how a restart finds the ones a crash left behind.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kimiserve.domain.ports import InsufficientBalance, LedgerEntry, UsageRow
-from kimiserve.storage.sql.tables import accounts, ledger_entries, reservations, usage_records
+from kimiserve.domain.ports import Hold, InsufficientBalance, LedgerEntry, UsageRow
+from kimiserve.storage.sql.tables import accounts, ledger_entries, usage_records
 
 
 def _entry(
@@ -41,9 +43,9 @@ class SqlLedgerStore:
     def __init__(self, db: AsyncEngine) -> None:
         self._db = db
 
-    async def reserve(self, account_id: str, request_id: str, holds: list[tuple[str, int]]) -> None:
-        total = sum(amount for _, amount in holds)
-        now = time.time()
+    async def reserve(self, holds: list[Hold]) -> None:
+        account_id = holds[0].account_id
+        total = sum(h.amount_micros for h in holds)
         async with self._db.begin() as conn:
             result = await conn.execute(
                 accounts.update()
@@ -57,101 +59,64 @@ class SqlLedgerStore:
             if not result.rowcount:
                 raise InsufficientBalance(account_id)
             await conn.execute(
-                reservations.insert(),
-                [
-                    {
-                        "id": rid,
-                        "account_id": account_id,
-                        "request_id": request_id,
-                        "amount_micros": amount,
-                        "status": "held",
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for rid, amount in holds
-                ],
-            )
-            await conn.execute(
                 ledger_entries.insert(),
                 [
-                    _entry(account_id, "reservation", hold=amount, reservation_id=rid, request_id=request_id)
-                    for rid, amount in holds
+                    _entry(
+                        account_id,
+                        "reservation",
+                        hold=h.amount_micros,
+                        reservation_id=h.id,
+                        request_id=h.request_id,
+                    )
+                    for h in holds
                 ],
             )
 
-    async def _close_hold(
-        self, conn: AsyncConnection, reservation_id: str, status: str
-    ) -> tuple[str, int, str] | None:
-        """Mark a held reservation settled/released; (account, amount, request id) or None."""
-        row = (
-            await conn.execute(
-                sa.select(
-                    reservations.c.account_id, reservations.c.amount_micros, reservations.c.request_id
-                ).where(reservations.c.id == reservation_id, reservations.c.status == "held")
-            )
-        ).first()
-        if row is None:
-            return None
-        updated = await conn.execute(
-            reservations.update()
-            .where(reservations.c.id == reservation_id, reservations.c.status == "held")
-            .values(status=status, updated_at=time.time())
-        )
-        if not updated.rowcount:  # another transaction closed it first
-            return None
-        return row.account_id, int(row.amount_micros), row.request_id
-
-    async def settle(self, reservation_id: str | None, usage: UsageRow) -> None:
+    async def settle(self, hold: Hold | None, usage: UsageRow) -> None:
         async with self._db.begin() as conn:
             await conn.execute(usage_records.insert().values(**usage.__dict__, created_at=time.time()))
-            if reservation_id is None:
+            if hold is None:
                 return
-            held = await self._close_hold(conn, reservation_id, "settled")
-            if held is None:
-                raise RuntimeError(f"reservation {reservation_id} is not held")  # rolls the usage row back
-            account_id, amount, request_id = held
             await conn.execute(
                 accounts.update()
-                .where(accounts.c.id == account_id)
+                .where(accounts.c.id == hold.account_id)
                 .values(
                     balance_micros=accounts.c.balance_micros - usage.cost_micros,
-                    reserved_micros=accounts.c.reserved_micros - amount,
+                    reserved_micros=accounts.c.reserved_micros - hold.amount_micros,
                 )
             )
             await conn.execute(
                 ledger_entries.insert().values(
                     **_entry(
-                        account_id,
+                        hold.account_id,
                         "settlement",
                         amount=-usage.cost_micros,
-                        hold=-amount,
-                        reservation_id=reservation_id,
-                        request_id=request_id,
+                        hold=-hold.amount_micros,
+                        reservation_id=hold.id,
+                        request_id=hold.request_id,
                         note=usage.outcome,
                     )
                 )
             )
 
-    async def release(self, reservation_id: str) -> None:
+    async def release(self, hold: Hold) -> None:
         async with self._db.begin() as conn:
-            held = await self._close_hold(conn, reservation_id, "released")
-            if held is None:
-                return
-            account_id, amount, request_id = held
-            await self._unhold(conn, account_id, amount, reservation_id, request_id)
+            await self._release(conn, hold)
 
-    async def _unhold(
-        self, conn: AsyncConnection, account_id: str, amount: int, reservation_id: str, request_id: str
-    ) -> None:
+    async def _release(self, conn: AsyncConnection, hold: Hold) -> None:
         await conn.execute(
             accounts.update()
-            .where(accounts.c.id == account_id)
-            .values(reserved_micros=accounts.c.reserved_micros - amount)
+            .where(accounts.c.id == hold.account_id)
+            .values(reserved_micros=accounts.c.reserved_micros - hold.amount_micros)
         )
         await conn.execute(
             ledger_entries.insert().values(
                 **_entry(
-                    account_id, "release", hold=-amount, reservation_id=reservation_id, request_id=request_id
+                    hold.account_id,
+                    "release",
+                    hold=-hold.amount_micros,
+                    reservation_id=hold.id,
+                    request_id=hold.request_id,
                 )
             )
         )
@@ -168,22 +133,29 @@ class SqlLedgerStore:
             await conn.execute(
                 ledger_entries.insert().values(**_entry(account_id, "topup", amount=amount_micros, note=note))
             )
-            balance = await conn.scalar(
-                sa.select(accounts.c.balance_micros).where(accounts.c.id == account_id)
-            )
-        return int(balance)
+            balance: int = (
+                await conn.execute(sa.select(accounts.c.balance_micros).where(accounts.c.id == account_id))
+            ).scalar_one()
+        return balance
 
     async def release_all_held(self) -> int:
-        async with self._db.begin() as conn:
-            rows = (
-                (await conn.execute(sa.select(reservations.c.id).where(reservations.c.status == "held")))
-                .scalars()
-                .all()
+        held = (
+            sa.select(
+                ledger_entries.c.reservation_id,
+                sa.func.min(ledger_entries.c.account_id).label("account_id"),
+                sa.func.min(ledger_entries.c.request_id).label("request_id"),
+                sa.func.sum(ledger_entries.c.hold_micros).label("amount"),
             )
-            for rid in rows:
-                held = await self._close_hold(conn, rid, "released")
-                if held is not None:
-                    await self._unhold(conn, held[0], held[1], rid, held[2])
+            .where(ledger_entries.c.reservation_id.is_not(None))
+            .group_by(ledger_entries.c.reservation_id)
+            .having(sa.func.sum(ledger_entries.c.hold_micros) != 0)
+        )
+        async with self._db.begin() as conn:
+            rows = (await conn.execute(held)).all()
+            for r in rows:
+                await self._release(
+                    conn, Hold(r.reservation_id, r.account_id, r.request_id or "", int(r.amount))
+                )
         return len(rows)
 
     async def entries(self, account_id: str) -> list[LedgerEntry]:

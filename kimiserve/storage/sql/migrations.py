@@ -108,16 +108,6 @@ UPDATE usage_records SET cost_micros = CAST(ROUND(cost_usd * 1000000) AS BIGINT)
 ALTER TABLE usage_records DROP COLUMN cost_usd;
 ALTER TABLE usage_records ADD COLUMN key_id VARCHAR(32);
 ALTER TABLE usage_records ADD COLUMN outcome VARCHAR(20) NOT NULL DEFAULT 'completed';
-CREATE TABLE reservations (
-    id VARCHAR(36) NOT NULL PRIMARY KEY,
-    account_id VARCHAR(36) NOT NULL,
-    request_id VARCHAR(64) NOT NULL,
-    amount_micros BIGINT NOT NULL,
-    status VARCHAR(20) NOT NULL,
-    created_at FLOAT NOT NULL,
-    updated_at FLOAT NOT NULL
-);
-CREATE INDEX ix_reservations_status ON reservations (status);
 CREATE TABLE ledger_entries (
     id INTEGER NOT NULL PRIMARY KEY,
     account_id VARCHAR(36) NOT NULL,

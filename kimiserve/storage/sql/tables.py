@@ -113,21 +113,10 @@ media = sa.Table(
 
 # ---- 003_ledger_scopes_limits ---------------------------------------------------------------
 
-reservations = sa.Table(
-    "reservations",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("account_id", sa.String(36), nullable=False),
-    sa.Column("request_id", sa.String(64), nullable=False),
-    sa.Column("amount_micros", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # held | settled | released
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
 # Every movement of money. `amount_micros` moves the balance (top-up +, settlement -,
 # adjustment ±), `hold_micros` moves the reserved amount (reservation +, release and
 # settlement -): per account, the amounts sum to the balance and the holds to `reserved_micros`.
+# A hold is open while the holds of its `reservation_id` do not sum to 0.
 ledger_entries = sa.Table(
     "ledger_entries",
     metadata,

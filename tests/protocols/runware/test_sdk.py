@@ -208,11 +208,13 @@ async def test_image_upload_and_use(client: Any, tmp_path: Path) -> None:
     assert "image" in caught.value.error_data["message"]
 
 
-async def test_unresolvable_image_names_its_index(client: Any) -> None:
+async def test_images_refused_before_any_is_fetched(client: Any) -> None:
+    """The served model has no vision: the task is refused before its images are loaded."""
     unknown = str(uuid.uuid4())
     with pytest.raises(utils.RunwareAPIError) as caught:
         await client.textInference(request(inputs={"images": [base64.b64encode(PNG).decode(), unknown]}))
-    assert caught.value.error_data["parameter"] == "inputs.images.1"
+    assert caught.value.error_data["parameter"] == "inputs.images"
+    assert caught.value.error_data["code"] == "unsupportedFeature"
 
 
 async def test_get_task_details(client: Any) -> None:
