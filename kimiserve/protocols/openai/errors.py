@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
 
 from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError
+from kimiserve.http.encoding import SafeJSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ _UNION_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def _snake(code: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
+    """camelCase → snake_case, acronyms kept whole: invalidJSON → invalid_json,
+    conflictTaskUUID → conflict_task_uuid, invalidJSONSchema → invalid_json_schema."""
+    code = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", code)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", code).lower()
 
 
 def _param_of(loc: Sequence[int | str]) -> str:
@@ -128,6 +131,6 @@ def _body(message: str, kind: str, param: str | None, code: str | None) -> dict[
 
 def error_response(
     exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
-) -> JSONResponse:
+) -> SafeJSONResponse:
     status, body = render(exc, request_id, names)
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+    return SafeJSONResponse(body, status_code=status, headers={"x-request-id": request_id})
