@@ -9,12 +9,13 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.domain.inference import fan_out
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
+from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
 from kimiserve.protocols.openai.stream import PROTOCOL, open_stream

@@ -112,5 +112,6 @@ async def _frames(
     except Exception as exc:
         _, body = render(exc, reply.id, names)
         yield frame(body)
+        yield frame("[DONE]")
     finally:
         await events.aclose()  # type: ignore[attr-defined]

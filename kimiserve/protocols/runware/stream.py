@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from kimiserve.domain.inference import Accumulator, Generation
 from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
 from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest
+from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
