@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError
+from kimiserve.http.body import InvalidText
 from kimiserve.http.encoding import SafeJSONResponse
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def _param_of(loc: Sequence[int | str]) -> str:
     return out
 
 
+class WireParameter(InvalidRequest):
+    """A request error whose `parameter` is already the wire name (`max_tokens`, not the
+    domain's `max_tokens` → `max_completion_tokens` mapping)."""
+
+
 def from_validation(exc: ValidationError) -> InvalidRequest:
     """The most telling pydantic error as one InvalidRequest naming its param.
 
@@ -94,12 +100,12 @@ def from_validation(exc: ValidationError) -> InvalidRequest:
     best = max(errors, key=rank)
     param = _param_of(best["loc"]) or None
     if best["type"] == "missing":
-        return InvalidRequest(
+        return WireParameter(
             f"Missing required parameter: '{param}'.", parameter=param, code="missing_required_parameter"
         )
     code = "invalid_type" if str(best["type"]).endswith("_type") else "invalid_value"
     where = f"'{param}'" if param else "the request body"
-    return InvalidRequest(f"Invalid value for {where}: {best['msg']}.", parameter=param, code=code)
+    return WireParameter(f"Invalid value for {where}: {best['msg']}.", parameter=param, code=code)
 
 
 def render(
@@ -120,7 +126,9 @@ def render(
         log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code)
         message = f"{message} (request id {request_id})"
     param = None
-    if exc.parameter is not None:
+    if isinstance(exc, WireParameter | InvalidText):  # already named as the client wrote it
+        param = exc.parameter
+    elif exc.parameter is not None:
         param = (names or {}).get(exc.parameter, PARAMETERS.get(exc.parameter, exc.parameter))
     return status, _body(message, kind, param, code)
 

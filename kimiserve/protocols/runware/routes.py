@@ -27,8 +27,10 @@ def _error_response(exc: BaseException, tasks: list[Any]) -> SafeJSONResponse:
 
 
 def _split_auth(body: Any) -> tuple[str | None, list[Any]]:
-    if not isinstance(body, list) or not body:
-        raise InvalidRequest("The request body must be a non-empty JSON array of tasks.", parameter="body")
+    if not isinstance(body, list):  # an empty array is schema-valid: nothing to do, `{"data": []}`
+        raise InvalidRequest("The request body must be a JSON array of tasks.", parameter="body")
+    if not body:
+        return None, body
     first = body[0]
     if isinstance(first, dict) and first.get("taskType") == "authentication":
         key = first.get("apiKey")
