@@ -127,9 +127,7 @@ class Connection:
         finally:
             self._closing = True
             self._busy(False)
-            for task in owned:
-                task.cancel()
-            await asyncio.gather(*owned, return_exceptions=True)
+            await _cancel_all(owned)
             self._cleanup()
             if self._ws.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):  # the client may be gone already
@@ -155,6 +153,11 @@ class Connection:
     async def _put(self, message: Message, task_reply: bool) -> bool:
         if self._closing:
             return False
+        try:
+            self._queue.put_nowait((message, task_reply))
+            return True
+        except asyncio.QueueFull:
+            pass
         try:
             await asyncio.wait_for(self._queue.put((message, task_reply)), timeout=STALL_S)
         except TimeoutError:
@@ -336,6 +339,16 @@ class Connection:
                 self._busy(False)
         if message is not None:
             await self._sessions.deliver(session, message)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel and wait for `tasks`, cancelling again any that swallowed the first cancellation
+    (asyncio.wait_for on Python 3.11 can, when its inner await completes at the same moment)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def _render(message: Message) -> str:
