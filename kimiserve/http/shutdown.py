@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,7 +96,7 @@ def current_drain() -> Drain | None:
     return _current.get()
 
 
-async def until_ending(drain: Drain | None, work: asyncio.Future[object]) -> bool:
+async def until_ending(drain: Drain | None, work: asyncio.Future[Any]) -> bool:
     """Wait for `work`; False (work left running) if the drain reaches `ending` first."""
     if drain is None:
         await asyncio.wait({work})

@@ -58,7 +58,7 @@ async def _next_or_shutdown(item: asyncio.Future[T], drain: Drain | None) -> T:
     if drain is None:
         return await item  # cancelling this await cancels the item too
     try:
-        arrived = await until_ending(drain, item)  # type: ignore[arg-type]
+        arrived = await until_ending(drain, item)
     except BaseException:
         item.cancel()
         await asyncio.gather(item, return_exceptions=True)

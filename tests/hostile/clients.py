@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.sync.client import connect
 
-SEED_000 = "../shared/seeds/000_cc8609b4c67c77d7.txt"
+# The seeds live beside the repository (`../shared/seeds/`), wherever it is checked out.
+SEED_000 = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "000_cc8609b4c67c77d7.txt"
 KIMI = "moonshotai:kimi@2.6"
 
 

@@ -131,8 +131,9 @@ def test_websocket_raw_frames(
 
 def _bound_cases() -> list[tuple[str, float, bool]]:
     """(dotted field, value, valid) at and just past every numeric bound of seed 000."""
-    with open(SEED_000) as f:
-        schema = json.load(f)["components"]["schemas"]["RequestBody"]["items"]
+    if not SEED_000.exists():  # the schemathesis module says so, as a skip
+        return []
+    schema = json.loads(SEED_000.read_text())["components"]["schemas"]["RequestBody"]["items"]
     cases: list[tuple[str, float, bool]] = []
 
     def walk(node: dict[str, Any], path: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -25,8 +26,9 @@ from tests.serverproc import ServerProcess
 CASES_PER_MODE = 120
 SLOW_S = 5.0
 
-with open(SEED_000) as _f:
-    SCHEMA = schemathesis.openapi.from_dict(json.load(_f))
+if not SEED_000.exists():
+    pytest.skip(f"seed 000 not found at {SEED_000}", allow_module_level=True)
+SCHEMA = schemathesis.openapi.from_dict(json.loads(SEED_000.read_text()))
 OPERATION = SCHEMA["/"]["POST"]
 
 
@@ -46,7 +48,7 @@ def test_seed_000_never_500s(fake_server: ServerProcess, keys: dict[str, str], m
         suppress_health_check=list(HealthCheck),
     )
     @given(case=OPERATION.as_strategy(generation_mode=mode), authenticated=st.booleans())
-    def one(case: schemathesis.Case, authenticated: bool) -> None:
+    def one(case: schemathesis.Case[Any], authenticated: bool) -> None:
         headers = {"authorization": f"Bearer {keys['alice']}"} if authenticated else {}
         if isinstance(case.body, bytes):  # negative cases may break the media type itself
             content, media_type = case.body, case.media_type or "application/octet-stream"
