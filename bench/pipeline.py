@@ -90,7 +90,8 @@ def main() -> None:
             print(f"| {i + 1} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
         a, b = statistics.median(results["unmetered"]), statistics.median(results["metered"])
         print(
-            f"| median | {a:.1f} | {b:.1f} | {b / a:.2f}x (metered costs {100 * (a / b - 1):.1f}% more time) |"
+            f"| median | {a:.1f} | {b:.1f} | {b / a:.2f}x "
+            f"(metered costs {100 * (a / b - 1):.1f}% more time) |"
         )
     finally:
         server.stop()

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
+from kimiserve.errors import KimiserveError
 from kimiserve.http import admin, openapi
+from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
 from kimiserve.http.request_id import RequestIdMiddleware
+from kimiserve.http.shutdown import Drain, DrainMiddleware
+from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
+from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
 from kimiserve.protocols.runware.ws import routes as runware_ws_routes
@@ -22,11 +30,11 @@ from kimiserve.services import Services, build_services
 from kimiserve.settings import Settings
 
 
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> SafeJSONResponse:
     services: Services = request.app.state.services
     results = [await engine.health() for engine in services.registry.engines()]
     ok = all(h.ok for h in results)
-    return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
+    return SafeJSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
 
 
 async def media(request: Request) -> Response:
@@ -34,7 +42,9 @@ async def media(request: Request) -> Response:
     services: Services = request.app.state.services
     found = await services.media.find(request.path_params["image_uuid"])
     if found is None:
-        return JSONResponse({"errors": [{"code": "notFound", "message": "No such image."}]}, status_code=404)
+        return SafeJSONResponse(
+            {"errors": [{"code": "notFound", "message": "No such image."}]}, status_code=404
+        )
     path, content_type = found
     return FileResponse(path, media_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
 
@@ -44,12 +54,42 @@ async def metrics(request: Request) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def refusal(scope: Scope, exc: BaseException) -> Response:
+    """An error outside any route (shutting down, no such route, a bug), in its protocol's format."""
+    path: str = scope.get("path", "")
+    if path.startswith(("/v1/chat/", "/v1/models")):
+        return openai_error(exc, f"req_{uuid.uuid4().hex}")
+    item = error_item(exc, task_type=None, task_uuid=None)
+    return SafeJSONResponse({"errors": [item]}, status_code=status_of(exc))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed) as JSON, not text/plain."""
+    assert isinstance(exc, HTTPException)
+    error = KimiserveError(exc.detail, code="notFound" if exc.status_code == 404 else "invalidRequest")
+    error.status = exc.status_code
+    response = refusal(request.scope, error)
+    response.status_code = exc.status_code
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """The last resort for a bug: a logged 500 in the protocol's JSON format, never text/plain."""
+    return refusal(request.scope, exc)
+
+
 def create_app(
     settings: Settings,
     services: Services | None = None,
     on_ready: Callable[[Services], None] | None = None,
 ) -> Starlette:
-    """The app. `services` may be given pre-built (tests); `on_ready` runs once they are built."""
+    """The app. `services` may be given pre-built (tests); `on_ready` runs once they are built.
+
+    `app.state.drain` is the graceful shutdown: the server runs it on SIGTERM (cli/serve.py).
+    """
+    drain = Drain(settings.shutdown_grace_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,4 +116,14 @@ def create_app(
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
-    return Starlette(routes=all_routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
+    app = Starlette(
+        routes=all_routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(DrainMiddleware, drain=drain, refuse=refusal),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: unexpected_error},
+    )
+    app.state.drain = drain
+    return app

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     )
     ws_max_in_flight: int = Field(64, description="Tasks one WebSocket connection may have running at once.")
     ws_send_queue: int = Field(256, description="Messages queued for one WebSocket before it is stuck.")
+    ws_key_recheck_s: float = Field(
+        30.0, description="How often an open WebSocket checks its API key again (a revoked key ends it)."
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        description="On SIGTERM, how long running requests, streams and WebSocket tasks may take to "
+        "finish before they are ended with their protocol's terminal error frame.",
+    )
 
     @field_validator("allow_private_hosts", mode="before")
     @classmethod

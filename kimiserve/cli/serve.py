@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 
 from kimiserve.app import create_app
+from kimiserve.http.shutdown import Drain
 from kimiserve.services import Services
 from kimiserve.settings import Settings
 
 # WebSocket frames may carry inline images (base64 data URIs): 16 MiB is the documented cap.
 WS_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, whose shutdown first stops accepting and runs the app's drain (http/shutdown.py):
+    running work may finish within the grace period, then every stream and socket is ended
+    with its protocol's terminal frame. Only then does uvicorn close connections, which by
+    then have nothing in flight, so none is cancelled mid-response."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting; uvicorn's own shutdown closes them again, harmlessly
+        await self.drain.run()
+        await super().shutdown(sockets)
 
 
 def banner(settings: Settings, services: Services) -> None:
@@ -43,12 +62,14 @@ def serve(settings: Settings) -> int:
     # httpx logs every request URL at INFO; webhook URLs may carry secrets.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings, on_ready=lambda services: banner(settings, services))
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=WS_MAX_FRAME_BYTES,
+        # After the drain nothing should be left; this bounds what uvicorn waits for anyway.
         timeout_graceful_shutdown=5,
     )
+    DrainingServer(config, app.state.drain).run()
     return 0

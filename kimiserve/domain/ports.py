@@ -135,15 +135,15 @@ class AccountStore(Protocol):
 
 
 class LedgerStore(Protocol):
-    async def reserve(self, account_id: str, request_id: str, holds: list[tuple[str, int]]) -> None:
-        """Hold each (reservation id, micros) at once, or raise InsufficientBalance (nothing held)."""
+    async def reserve(self, holds: list[Hold]) -> None:
+        """Take every hold (one account's) at once, or raise InsufficientBalance (none taken)."""
 
-    async def settle(self, reservation_id: str | None, usage: UsageRow) -> None:
-        """Charge the usage's cost, release the rest of its hold, and write the usage row: one
-        transaction. `reservation_id` None: an unmetered account, the usage row alone."""
+    async def settle(self, hold: Hold | None, usage: UsageRow) -> None:
+        """Charge the usage's cost, end its hold, and write the usage row: one transaction.
+        `hold` None: an unmetered account, the usage row alone."""
 
-    async def release(self, reservation_id: str) -> None:
-        """Give a hold back unspent (a no-op for one already settled or released)."""
+    async def release(self, hold: Hold) -> None:
+        """Give a hold back unspent."""
 
     async def top_up(self, account_id: str, amount_micros: int, note: str | None) -> int:
         """Add money (an unmetered account becomes metered); return the new balance."""

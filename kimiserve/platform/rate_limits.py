@@ -13,9 +13,10 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage, SlidingWindowCounterSupport, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from kimiserve.domain.ports import Limits
@@ -96,11 +97,10 @@ class RateLimiter:
                 checks.append((kind, ident, self._item(limits.tpm), tokens, "tokens"))
         for kind, ident, item, cost, what in checks:
             if not await self._window.test(item, kind, ident, what, cost=cost):
-                stats = await self._window.get_window_stats(item, kind, ident, what)
                 raise RateLimited(
                     f"Rate limit reached for this {kind}: {item.amount} {what} per {self._per}.",
                     parameter="rpm" if what == "requests" else "tpm",
-                    retry_after_s=max(1.0, math.ceil(stats.reset_time - time.time())),
+                    retry_after_s=max(1.0, math.ceil(await self._wait_for(item, cost, kind, ident, what))),
                 )
         permit = Permit(self, subjects)
         for kind, ident, item, cost, what in checks:
@@ -116,6 +116,23 @@ class RateLimiter:
         for kind, ident, _ in subjects:
             self._running[(kind, ident)] += 1
         return permit
+
+    async def _wait_for(self, item: RateLimitItem, cost: int, *ids: str) -> float:
+        """Seconds until `cost` more fits the sliding window: the previous window's count weighs
+        `previous × (its time left / window)`, so it fades linearly; the current one rolls over
+        into the previous at its end and then fades the same way."""
+        storage = cast(SlidingWindowCounterSupport, self._storage)
+        expiry = item.get_expiry()
+        prev, prev_left, cur, cur_ttl = await storage.get_sliding_window(item.key_for(*ids), expiry)
+        cur_left = max(0.0, cur_ttl - expiry)  # the current count is kept one window longer, as the previous
+        room = item.amount - cost
+        if room < 0:
+            return float(expiry)
+        if cur <= room:
+            if prev == 0:
+                return 0.0
+            return max(0.0, prev_left - (room - cur) * expiry / prev)
+        return cur_left + max(0.0, expiry - room * expiry / cur)
 
     async def record_tokens(self, subjects: list[tuple[str, str, Limits]], tokens: int) -> None:
         for kind, ident, limits in subjects:

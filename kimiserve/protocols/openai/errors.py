@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
 
 from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError, RateLimited
+from kimiserve.http.body import InvalidText
+from kimiserve.http.encoding import SafeJSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ _UNION_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def _snake(code: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
+    """camelCase → snake_case, acronyms kept whole: invalidJSON → invalid_json,
+    conflictTaskUUID → conflict_task_uuid, invalidJSONSchema → invalid_json_schema."""
+    code = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", code)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", code).lower()
 
 
 def _param_of(loc: Sequence[int | str]) -> str:
@@ -79,6 +83,11 @@ def _param_of(loc: Sequence[int | str]) -> str:
     return out
 
 
+class WireParameter(InvalidRequest):
+    """A request error whose `parameter` is already the wire name (`max_tokens`, not the
+    domain's `max_tokens` → `max_completion_tokens` mapping)."""
+
+
 def from_validation(exc: ValidationError) -> InvalidRequest:
     """The most telling pydantic error as one InvalidRequest naming its param.
 
@@ -92,12 +101,12 @@ def from_validation(exc: ValidationError) -> InvalidRequest:
     best = max(errors, key=rank)
     param = _param_of(best["loc"]) or None
     if best["type"] == "missing":
-        return InvalidRequest(
+        return WireParameter(
             f"Missing required parameter: '{param}'.", parameter=param, code="missing_required_parameter"
         )
     code = "invalid_type" if str(best["type"]).endswith("_type") else "invalid_value"
     where = f"'{param}'" if param else "the request body"
-    return InvalidRequest(f"Invalid value for {where}: {best['msg']}.", parameter=param, code=code)
+    return WireParameter(f"Invalid value for {where}: {best['msg']}.", parameter=param, code=code)
 
 
 def render(
@@ -118,7 +127,9 @@ def render(
         log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code)
         message = f"{message} (request id {request_id})"
     param = None
-    if exc.parameter is not None:
+    if isinstance(exc, WireParameter | InvalidText):  # already named as the client wrote it
+        param = exc.parameter
+    elif exc.parameter is not None:
         param = (names or {}).get(exc.parameter, PARAMETERS.get(exc.parameter, exc.parameter))
     return status, _body(message, kind, param, code)
 
@@ -129,9 +140,9 @@ def _body(message: str, kind: str, param: str | None, code: str | None) -> dict[
 
 def error_response(
     exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
-) -> JSONResponse:
+) -> SafeJSONResponse:
     status, body = render(exc, request_id, names)
     headers = {"x-request-id": request_id}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
-    return JSONResponse(body, status_code=status, headers=headers)
+    return SafeJSONResponse(body, status_code=status, headers=headers)

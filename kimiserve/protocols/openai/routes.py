@@ -8,12 +8,13 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
+from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response

@@ -132,6 +132,7 @@ async def _frames(
         status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
         _, body = render(exc, reply.id, names)
         yield frame(body)
+        yield frame("[DONE]")
     finally:
         await events.aclose()  # type: ignore[attr-defined]
         await admission.aclose()

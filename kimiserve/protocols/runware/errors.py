@@ -7,14 +7,20 @@ import math
 import uuid
 from typing import Any
 
-from kimiserve.errors import KimiserveError, RateLimited
+from kimiserve.errors import InvalidRequest, KimiserveError, RateLimited
+from kimiserve.http.body import InvalidText
+from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
 
 log = logging.getLogger(__name__)
 
 DOCS = "https://runware.ai/docs/models/moonshotai-kimi-k2-6"
 
-# Runware answers only with these statuses; the others fold into 400.
-_RUNWARE_STATUSES = {400, 401, 402, 403, 429, 500, 503}
+# Runware answers only with these statuses, and 413 for a body over the size cap (what proxies
+# and HTTP clients understand; the SDK reads the error body whatever the status); the others
+# fold into 400.
+_RUNWARE_STATUSES = {400, 401, 402, 403, 413, 429, 500, 503}
+
+_CONVERTED = "_kimiserve_error"  # where an unexpected exception keeps its one reference
 
 # The canonical parameter names of the domain, as Runware spells them.
 _PARAMETERS = {
@@ -31,9 +37,14 @@ def to_error(exc: BaseException) -> KimiserveError:
     """Any exception as a KimiserveError; unexpected ones are logged with a reference id."""
     if isinstance(exc, KimiserveError):
         return exc
+    converted = getattr(exc, _CONVERTED, None)
+    if isinstance(converted, KimiserveError):  # the same failure stored and returned: one reference
+        return converted
     ref = uuid.uuid4().hex[:12]
     log.error("internal error ref=%s", ref, exc_info=exc)
-    return KimiserveError(f"Internal server error (reference {ref}).")
+    converted = KimiserveError(f"Internal server error (reference {ref}).")
+    setattr(exc, _CONVERTED, converted)
+    return converted
 
 
 def error_item(exc: BaseException, *, task_type: str | None, task_uuid: str | None) -> dict[str, Any]:
@@ -59,3 +70,30 @@ def retry_after_header(exc: BaseException) -> dict[str, str]:
 def status_of(exc: BaseException) -> int:
     status = to_error(exc).status
     return status if status in _RUNWARE_STATUSES else 400
+
+
+def body_error_items(exc: KimiserveError, tasks: list[Any] | None) -> list[dict[str, Any]]:
+    """The errors for a body refused as a whole (unreadable, too deep, bad text), one per task
+    where the tasks can be told, so each client-side waiter gets its answer by taskUUID.
+
+    Bad text is reported where it is, the Runware way: the task holding it gets parameter
+    `messages.0.content` and code `invalidContent`; its siblings get the same error, naming it.
+    """
+    if isinstance(exc, InvalidText) and isinstance(exc.document, list):
+        tasks = exc.document
+    if not tasks:
+        return [error_item(exc, task_type=None, task_uuid=None)]
+    if not isinstance(exc, InvalidText) or not exc.path or not isinstance(exc.path[0], int):
+        return [error_item(exc, task_type=task_type_of(t), task_uuid=task_uuid_of(t)) for t in tasks]
+    index, inner = exc.path[0], exc.path[1:]
+    parameter = ".".join(str(part) for part in inner) or "task"
+    name = next((p for p in reversed(inner) if isinstance(p, str) and p), "task")
+    code = "invalid" + name[0].upper() + name[1:]
+    items = []
+    for i, task in enumerate(tasks):
+        message = f"{parameter} contains {exc.what}, which is not allowed in text."
+        if i != index:
+            message = f"The request was refused: in task {index}, {message}"
+        err = InvalidRequest(message, code=code, parameter=parameter if i == index else "body")
+        items.append(error_item(err, task_type=task_type_of(task), task_uuid=task_uuid_of(task)))
+    return items

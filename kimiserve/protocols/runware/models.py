@@ -1,7 +1,8 @@
 """Runware wire models: the task objects a client may send, as strict as seed 000 is.
 
 Every model forbids unknown fields, takes JSON types only (no "1" for 1, no true for 1), and
-refuses an explicit `null` where the seed names a type. Bounds, enums and formats are the seed's.
+refuses an explicit `null` where the seed names a type. A whole number written as a float
+(`8.0`) is an integer, as in JSON Schema. Bounds, enums and formats are the seed's.
 Beyond the seed, the forms the official SDK (runware 0.5.24) sends are accepted:
 
 - tool-call history: `{"role":"assistant","tools":[{"id","name","input"}]}` without `content`,
@@ -20,7 +21,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 # The seed's literal maximum; larger than 2**63 - 1, which engines must clamp to themselves.
@@ -59,6 +60,13 @@ def _uuid(value: str) -> str:
         raise PydanticCustomError(
             "uuid_format", "must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
         )
+    return value
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 8.0 is the integer 8 (as JSON Schema's `integer` says)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
     return value
 
 
@@ -135,7 +143,7 @@ class Settings(WireModel):
     temperature: Annotated[float, Field(ge=0, le=2), Hundredths] = 1.0
     topP: Annotated[float, Field(gt=0, le=1), Hundredths] = 1.0
     frequencyPenalty: Annotated[float, Field(ge=-2, le=2), Hundredths] = 0.0
-    maxTokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_MAX)] | None = None
+    maxTokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_MAX), BeforeValidator(_whole)] | None = None
     minP: Annotated[float, Field(ge=0, le=1), Hundredths] = 0.0
     presencePenalty: Annotated[float, Field(ge=-2, le=2), Hundredths] = 0.0
     promptCacheKey: str | None = None
@@ -144,7 +152,7 @@ class Settings(WireModel):
         default_factory=list
     )
     thinkingLevel: Literal["none", "low", "medium", "high", "xhigh"] = "none"
-    topK: Annotated[int, Field(ge=0, le=999)] = 0
+    topK: Annotated[int, Field(ge=0, le=999), BeforeValidator(_whole)] = 0
 
 
 class Inputs(WireModel):
@@ -229,7 +237,7 @@ class TextInferenceTask(WireModel):
     messages: Annotated[list[Message], Field(min_length=1)]
     settings: Settings | None = None
     inputs: Inputs | None = None
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX), BeforeValidator(_whole)] | None = None
     tools: Annotated[list[Tool], Field(min_length=1)] | None = None
     toolChoice: ToolChoice | None = None
     webhookURL: WebhookURL | None = None
@@ -237,7 +245,7 @@ class TextInferenceTask(WireModel):
     includeUsage: bool = False
     outputFormat: Literal["TEXT"] = "TEXT"
     deliveryMethod: Literal["sync", "async", "stream"] = "sync"
-    numberResults: Annotated[int, Field(ge=1, le=4)] = 1
+    numberResults: Annotated[int, Field(ge=1, le=4), BeforeValidator(_whole)] = 1
     providerSettings: JsonObject | None = None  # SDK extra, e.g. {"google": {...}}
 
     @model_validator(mode="after")

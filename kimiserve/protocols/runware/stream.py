@@ -12,11 +12,12 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from kimiserve.domain.pipeline import Accumulator, Admission
 from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
 from kimiserve.errors import InvalidRequest
+from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
