@@ -14,8 +14,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
+from kimiserve import openapi
 from kimiserve.errors import KimiserveError
-from kimiserve.http import admin, openapi
+from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
 from kimiserve.http.request_id import RequestIdMiddleware

@@ -13,6 +13,7 @@ from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.base import Engine
 from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
+from kimiserve.http.context import Context
 from kimiserve.http.metrics import Metrics
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
 from kimiserve.media.uploads import MediaStore
@@ -81,6 +82,18 @@ class Services:
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
     media: MediaStore
     webhooks: WebhookOutbox
+
+    @property
+    def tasks(self) -> Tasks:
+        return self.platform.tasks
+
+    @property
+    def keys(self) -> ApiKeys:
+        return self.platform.keys
+
+    @property
+    def admin(self) -> Admin:
+        return self.platform.admin
 
     def begin_shutdown(self) -> None:
         """Stop admitting: from now on a cancelled generation is a shutdown, never charged."""
@@ -202,4 +215,9 @@ async def build_services(settings: Settings) -> Services:
         webhooks=webhooks,
     )
     webhooks.start()
+    return services
+
+
+def as_context(services: Services) -> Context:
+    """What the protocols see of the services (and mypy's check that Services provides it)."""
     return services

@@ -92,7 +92,7 @@ async def _admin(request: Request) -> Admin:
     services = services_of(request)
     principal = await authenticate(services, bearer_key(request))
     services.pipeline.authorize(principal, "admin")
-    return services.platform.admin
+    return services.admin
 
 
 def _endpoint(handler: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from kimiserve.http.context import Context
 from kimiserve.platform.api_keys import Principal
-from kimiserve.services import Services
 
 
 def bearer_key(conn: HTTPConnection) -> str | None:
@@ -16,13 +16,13 @@ def bearer_key(conn: HTTPConnection) -> str | None:
     return value.strip()
 
 
-async def authenticate(services: Services, key: str | None) -> Principal:
+async def authenticate(services: Context, key: str | None) -> Principal:
     """The key's principal; in open mode a missing key means the default account."""
     if key is None and services.settings.open_mode:
         return services.default_principal
-    return await services.platform.keys.authenticate(key)
+    return await services.keys.authenticate(key)
 
 
-def services_of(conn: HTTPConnection) -> Services:
-    services: Services = conn.app.state.services
+def services_of(conn: HTTPConnection) -> Context:
+    services: Context = conn.app.state.services
     return services

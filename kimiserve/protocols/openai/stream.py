@@ -11,17 +11,19 @@ leaving mid-stream closes this generator, which closes the engines' streams.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
 from kimiserve.domain.pipeline import Admission
 from kimiserve.domain.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent, Usage
 from kimiserve.errors import KimiserveError
+from kimiserve.http.context import Context
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
-from kimiserve.services import Services
 
 PROTOCOL = "openai"
 
@@ -65,7 +67,7 @@ def rate_limit_headers(admission: Admission) -> dict[str, str]:
 
 
 async def open_stream(
-    services: Services,
+    services: Context,
     admission: Admission,
     reply: translate.Reply,
     *,
@@ -80,7 +82,11 @@ async def open_stream(
     except BaseException:
         await admission.aclose()
         raise
-    body = _frames(services, admission, reply, events, include_usage=include_usage, names=names)
+    outcome = Outcome()
+    frames = _frames(
+        reply, events, len(admission.generations), include_usage=include_usage, names=names, outcome=outcome
+    )
+    body = _owned(frames, services, admission, outcome)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
@@ -93,22 +99,41 @@ async def open_stream(
     )
 
 
+@dataclass
+class Outcome:
+    """How a stream ended, for the metrics: `success`, an error code, or the client leaving."""
+
+    status: str = "clientDisconnected"
+
+
+async def _owned(
+    frames: AsyncGenerator[bytes, None], services: Context, admission: Admission, outcome: Outcome
+) -> AsyncGenerator[bytes, None]:
+    """The frames, and when they end (or the client leaves) the admission closed and counted."""
+    try:
+        async with contextlib.aclosing(frames):
+            async for data in frames:
+                yield data
+    finally:
+        await admission.aclose()
+        services.metrics.request(PROTOCOL, "chat.completion", outcome.status)
+
+
 async def _frames(
-    services: Services,
-    admission: Admission,
     reply: translate.Reply,
     events: AsyncIterator[tuple[int, Event]],
+    n: int,
     *,
     include_usage: bool,
     names: Mapping[str, str],
-) -> AsyncIterator[bytes]:
+    outcome: Outcome | None = None,
+) -> AsyncGenerator[bytes, None]:
     def chunk(index: int, delta: dict[str, object], finish: str | None = None) -> bytes:
         return frame(translate.chunk(reply, index, delta, finish, with_usage=include_usage))
 
-    n = len(admission.generations)
+    outcome = outcome if outcome is not None else Outcome()
     usages: dict[int, Usage] = {}
     calls = [0] * n
-    status = "clientDisconnected"
     try:
         for index in range(n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -126,14 +151,12 @@ async def _frames(
                 yield chunk(index, {}, translate.finish_reason(event.reason))
         if include_usage:
             yield frame(translate.usage_chunk(reply, [usages[i] for i in sorted(usages)]))
-        status = "success"
+        outcome.status = "success"
         yield frame("[DONE]")
     except Exception as exc:
-        status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
+        outcome.status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
         _, body = render(exc, reply.id, names)
         yield frame(body)
         yield frame("[DONE]")
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-        await admission.aclose()
-        services.metrics.request(PROTOCOL, "chat.completion", status)

@@ -26,6 +26,7 @@ from kimiserve.errors import (
     UnsupportedFeature,
     as_kimiserve_error,
 )
+from kimiserve.http.context import Context
 from kimiserve.media.fetch import FetchError
 from kimiserve.media.resolve import resolve_images
 from kimiserve.platform.api_keys import Principal
@@ -40,7 +41,6 @@ from kimiserve.protocols.runware.models import (
     TextInferenceTask,
 )
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
-from kimiserve.services import Services
 from kimiserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,14 @@ def task_record(task: Task) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, services: Services, base_url: str | None = None) -> None:
+    def __init__(self, services: Context, base_url: str | None = None) -> None:
         """`base_url`: the server's URL as this client reached it (for the imageURL of uploads)."""
         self._services = services
         self._base_url = (base_url or public_base_url(services.settings)).rstrip("/")
 
     @property
     def tasks(self) -> Tasks:
-        return self._services.platform.tasks
+        return self._services.tasks
 
     async def run_array(self, principal: Principal, raw_tasks: list[Any]) -> Outcome:
         results = await asyncio.gather(

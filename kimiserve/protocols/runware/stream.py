@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from kimiserve.domain.pipeline import Accumulator, Admission
 from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
 from kimiserve.errors import InvalidRequest
+from kimiserve.http.context import Context
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.platform.api_keys import Principal
@@ -25,11 +26,10 @@ from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher
 from kimiserve.protocols.runware.errors import error_item, retry_after_header, status_of
 from kimiserve.protocols.runware.models import TextInferenceTask
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
-from kimiserve.services import Services
 
 
-async def stream_task(services: Services, principal: Principal, raw: Any) -> Response:
-    tasks = services.platform.tasks
+async def stream_task(services: Context, principal: Principal, raw: Any) -> Response:
+    tasks = services.tasks
     begun = False
     admission: Admission | None = None
     try:
@@ -65,9 +65,9 @@ async def stream_task(services: Services, principal: Principal, raw: Any) -> Res
 
 
 async def _frames(
-    services: Services, admission: Admission, task: TextInferenceTask, events: AsyncIterator[Event]
+    services: Context, admission: Admission, task: TextInferenceTask, events: AsyncIterator[Event]
 ) -> AsyncGenerator[bytes, None]:
-    tasks = services.platform.tasks
+    tasks = services.tasks
     task_uuid = task.taskUUID
     acc = Accumulator(admission.generations[0].seed, admission.model)
     ended = False

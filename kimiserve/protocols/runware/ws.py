@@ -43,6 +43,7 @@ from kimiserve.errors import (
 )
 from kimiserve.http.auth import authenticate
 from kimiserve.http.body import parse_json
+from kimiserve.http.context import Context
 from kimiserve.http.encoding import dumps
 from kimiserve.http.shutdown import Drain, ServerShuttingDown
 from kimiserve.platform.api_keys import Principal
@@ -50,7 +51,6 @@ from kimiserve.protocols.runware.dispatch import Dispatcher
 from kimiserve.protocols.runware.errors import body_error_items, error_item
 from kimiserve.protocols.runware.sessions import Message, Session, SessionRegistry
 from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
-from kimiserve.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ NOT_AUTHENTICATED = AuthenticationFailed(
 )
 
 
-def _http_base(websocket: WebSocket, services: Services) -> str:
+def _http_base(websocket: WebSocket, services: Context) -> str:
     if services.settings.public_url:
         return services.settings.public_url
     base = str(websocket.base_url).rstrip("/")
@@ -84,7 +84,7 @@ def _http_base(websocket: WebSocket, services: Services) -> str:
 
 class Connection:
     def __init__(
-        self, websocket: WebSocket, services: Services, sessions: SessionRegistry, drain: Drain | None = None
+        self, websocket: WebSocket, services: Context, sessions: SessionRegistry, drain: Drain | None = None
     ) -> None:
         self._ws = websocket
         self._drain = drain
@@ -365,7 +365,7 @@ def _render(message: Message) -> str:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
+    services: Context = websocket.app.state.services
     sessions: SessionRegistry = websocket.app.state.runware_sessions
     drain: Drain | None = getattr(websocket.app.state, "drain", None)
     await Connection(websocket, services, sessions, drain).run()

@@ -1,4 +1,5 @@
-"""The API description the server publishes: `/openapi.json`, rendered at `/docs`.
+"""The API description the server publishes: `/openapi.json`, rendered at `/docs`. It lives
+beside the app, not under http/, because it documents every protocol.
 
 Built from the code itself: the Runware task schemas from the strict wire models (seed 000's
 bounds), the OpenAI request from its pydantic model, the admin bodies from theirs, and the
