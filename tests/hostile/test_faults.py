@@ -138,6 +138,14 @@ def test_sigterm_mid_stream_ends_every_stream_and_socket(
 ) -> None:
     runware, openai, runware_uuid = start_streams(server, key)
     async_uuid = start_async(server, key)
+    sync_uuid = new_uuid()
+    sync_seen: list[Any] = []
+    sync_task = text_task(LONG, taskUUID=sync_uuid, settings={"maxTokens": 4000})
+    sync = threading.Thread(
+        target=lambda: sync_seen.append(post(server.base_url, "/v1", json.dumps([sync_task]), key, 60)),
+        daemon=True,
+    )
+    sync.start()
     ws_uuid = new_uuid()
     ws_url = server.base_url.replace("http://", "ws://") + "/v1"
     with connect(ws_url, open_timeout=10) as ws:
@@ -166,10 +174,13 @@ def test_sigterm_mid_stream_ends_every_stream_and_socket(
         terminal["error"]["code"] == "taskInterrupted" and terminal["errors"][0]["taskUUID"] == runware_uuid
     )
     assert openai.frames()[-1] == "[DONE]" and openai.frames()[-2]["error"]["code"] == "task_interrupted"
+    sync.join(30)
+    [seen] = sync_seen  # a sync request cut off is answered 503, in the protocol's format
+    assert seen.status == 503 and seen.errors[0]["code"] == "taskInterrupted", seen
     log = server.output()
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     server.proc = None
-    assert_ended_interrupted(data_dir, runware_uuid, async_uuid, ws_uuid)
+    assert_ended_interrupted(data_dir, runware_uuid, async_uuid, ws_uuid, sync_uuid)
     assert_charged_at_most_once(data_dir)
 
 
