@@ -253,13 +253,12 @@ def test_disk_full_on_the_data_directory(tmp_path: Path) -> None:
         proc.log_path = None
         proc.start()
         try:
-            with open(data_dir / "filler", "wb") as filler:  # fill what is left
+            with open(data_dir / "filler", "wb", buffering=0) as filler:  # fill what is left
                 try:
                     while True:
                         filler.write(b"\0" * 65536)
-                        filler.flush()
                 except OSError:
-                    pass
+                    pass  # unbuffered: nothing is left to flush when the file closes
             image = "data:image/png;base64," + "iVBORw0KGgo" * 20_000
             for task in (
                 text_task("hello", settings={"maxTokens": 4}),

@@ -12,6 +12,12 @@ from typing import Any
 import pytest
 
 from kimiserve.delivery.webhooks import sign
+from kimiserve.errors import KimiserveError
+from kimiserve.media.resolve import resolve_images
+from kimiserve.media.uploads import MediaStore
+from kimiserve.services import build_fetcher, open_platform
+from kimiserve.settings import Settings
+from kimiserve.storage.sql.media import SqlMediaStore
 from tests.hostile.clients import Seen, new_uuid, post, text_task, ws_exchange
 from tests.hostile.test_websocket import open_ws
 from tests.media.stub import Received, Reply, Stub
@@ -53,17 +59,27 @@ def test_tasks(
             assert "secret" not in json.dumps(seen.frames), seen
 
 
-def test_uploads(fake_server: ServerProcess, keys: dict[str, str]) -> None:
+async def test_uploads(fake_server: ServerProcess, keys: dict[str, str]) -> None:
+    """alice's upload resolves as an input for alice's account only (the served model has no
+    vision, so the lookup a vision model's task would make is made here directly)."""
     seen = run(fake_server, keys["alice"], {"taskType": "imageUpload", "taskUUID": new_uuid(), "image": PNG})
     image_uuid = seen.frames[0]["data"][0]["imageUUID"]
-    as_input = text_task("describe", inputs={"images": [image_uuid]}, settings={"maxTokens": 4})
-    alice = run(fake_server, keys["alice"], {**as_input, "taskUUID": new_uuid()})
-    bob = run(fake_server, keys["bob"], {**as_input, "taskUUID": new_uuid()})
-    # alice's image resolves (then the fake model refuses images); bob's lookup finds nothing
-    assert alice.errors[0]["code"] == "unsupportedFeature", alice
-    assert bob.errors[0]["code"] != "unsupportedFeature" and bob.errors[0]["parameter"].startswith(
-        "inputs.images"
-    ), bob
+    settings = Settings(data_dir=fake_server.data_dir)
+    platform = await open_platform(settings)
+    fetcher = build_fetcher(settings)
+    try:
+        alice = await platform.account_store.find_account_by_name("alice")
+        bob = await platform.account_store.find_account_by_name("bob")
+        assert alice is not None and bob is not None
+        media = MediaStore(settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, 1 << 20)
+        [image] = await resolve_images(media, alice.id, [image_uuid])
+        assert image.data_uri().startswith("data:image/png;base64,")
+        with pytest.raises(KimiserveError) as refused:
+            await resolve_images(media, bob.id, [image_uuid])
+        assert refused.value.parameter == "inputs.images.0"
+    finally:
+        await fetcher.aclose()
+        await platform.aclose()
 
 
 def test_usage(fake_server: ServerProcess, hostile_dir: Path, keys: dict[str, str]) -> None:

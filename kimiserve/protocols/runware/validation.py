@@ -61,25 +61,9 @@ def parse_task(raw: object) -> Task:
             parameter="taskType",
         )
     try:
-        task = model.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise to_invalid_request(exc) from None
-    _whole_numbers_in_place(raw)
-    return task
-
-
-# Integer fields a client may write as 8.0 (JSON has one number type); the model accepts them.
-_INTEGER_FIELDS = (("numberResults",), ("seed",), ("settings", "maxTokens"), ("settings", "topK"))
-
-
-def _whole_numbers_in_place(raw: dict[str, Any]) -> None:
-    """Write the validated integers back as ints: callers still read the raw task object."""
-    for path in _INTEGER_FIELDS:
-        node: Any = raw
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(path[-1]), float):
-            node[path[-1]] = int(node[path[-1]])
 
 
 def to_invalid_request(exc: ValidationError) -> InvalidRequest:
