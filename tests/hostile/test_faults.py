@@ -228,6 +228,7 @@ def test_database_locked_by_another_process(server: ServerProcess, data_dir: Pat
         task = text_task("hello", settings={"maxTokens": 4})
         seen = post(server.base_url, "/v1", json.dumps([task]), key, timeout_s=60)
         assert seen.errors, seen  # told, as JSON (post() refuses anything else)
+        assert seen.status == 503 and seen.errors[0]["code"] == "serviceUnavailable", seen
     finally:
         locker.wait(30)
         assert locker.stdout is not None
