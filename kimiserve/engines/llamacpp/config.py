@@ -34,6 +34,11 @@ class LlamaCppConfig:
     prompt_chunk: int = 256
     max_waiting: int = 256  # requests queued beyond max_sequences; more -> EngineOverloaded
     flash_attn: bool = False  # off: prompt logits then do not depend on chunking (README.md)
+    isolated: bool = True  # run llama.cpp in a supervised worker process (False: in this process)
+    mask_threads: int = 2  # threads computing grammar masks beside the decode
+    grammar_budget_s: float = 2.0  # longest a constraint may take to compile, else GrammarError
+    grammar_cache: int = 256  # compiled constraints kept (LRU by constraint text)
+    restart_limit: int = 2  # a request in flight during this many worker crashes is refused
 
     def __post_init__(self) -> None:
         if self.max_sequences < 1 or self.max_sequences > 256:
@@ -46,6 +51,8 @@ class LlamaCppConfig:
             raise ValueError("n_batch must be at least max_sequences")
         if self.n_threads is not None and self.n_threads < 1:
             raise ValueError("n_threads must be positive")
+        if self.mask_threads < 1 or self.grammar_budget_s <= 0 or self.grammar_cache < 1:
+            raise ValueError("mask_threads, grammar_budget_s and grammar_cache must be positive")
 
     @property
     def threads(self) -> int:
