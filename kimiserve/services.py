@@ -91,6 +91,8 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         max_sequences=settings.max_sequences,
+        deterministic=settings.deterministic,
+        isolated=settings.engine_isolated,
     )
     model_id = Path(path).name.removesuffix(".gguf").split(".")[0].lower()
     return LlamaCppEngine(config), model_id
