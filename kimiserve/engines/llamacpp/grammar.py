@@ -34,8 +34,14 @@ from kimiserve.domain.types import Constraint
 from kimiserve.errors import GrammarError
 
 # JSON as the model should write it: compact separators, no free whitespace (small models
-# otherwise fill maxTokens with newlines), every string escape JSON allows.
-JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {"whitespace_flexible": False}
+# otherwise fill maxTokens with newlines). `lenient`: keywords llguidance does not implement
+# (unknown `format`s, ...) are ignored rather than refused, as OpenAI-style servers do;
+# `coerce_one_of`: `oneOf` is enforced as `anyOf` (an output may match two branches).
+JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "lenient": True,
+    "coerce_one_of": True,
+}
 INTEGER_LIMIT = 10**16 - 1
 NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 PARAMETER = "constraint"  # the protocols map it to response_format / settings.jsonSchema
@@ -82,6 +88,7 @@ class GrammarCache:
             key = ("gbnf", constraint.grammar)
         else:
             return None
+        future: Future[Grammar] | None = None
         with self._lock:
             outcome = self._outcomes.get(key)
             if outcome is not None:
@@ -91,8 +98,9 @@ class GrammarCache:
                 if future is None:
                     future = self._pool.submit(self._compile, *key)
                     self._compiling[key] = future
-        if outcome is None:
+        if future is not None:
             outcome = self._wait(key, future)
+        assert outcome is not None
         if isinstance(outcome, GrammarError):
             raise GrammarError(outcome.message, parameter=parameter)
         return outcome
