@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -10,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from kimiserve.domain.types import GenerationRequest, Message, Sampling, TextDelta
+from kimiserve.domain.types import Constraint, GenerationRequest, Message, Sampling, TextDelta
 from kimiserve.engines.llamacpp import LlamaCppEngine
 from kimiserve.engines.llamacpp.supervisor import EngineCrashed, RequestCrashedEngine
 from tests.engines.test_llamacpp import STORY, ask, run
@@ -72,3 +73,28 @@ async def test_request_that_crashes_the_worker_twice_is_refused(engine: LlamaCpp
         await engine.generate(culprit).__anext__()
     other = await run(engine, ask("Say hello.", temperature=0, max_tokens=4))  # others still run
     assert other.usage.completion_tokens > 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_schema_that_crashes_the_worker_while_compiling_is_refused(engine: LlamaCppEngine) -> None:
+    nested: dict[str, object] = {"type": "string"}
+    for _ in range(30):
+        nested = {"type": "object", "properties": {"x": nested}}
+    slow = {"type": "object", "properties": {f"k{i}": nested for i in range(4000)}}  # compiles > 0.5 s
+    culprit = GenerationRequest(
+        model="smollm2",
+        messages=(Message("user", "Fill in the form."),),
+        constraint=Constraint(json_schema=json.dumps(slow)),
+    )
+    for _ in range(2):
+        await engine.check(GenerationRequest(model="smollm2", messages=(Message("user", "hi"),)))  # ready
+        checking = asyncio.create_task(engine.check(culprit))
+        await asyncio.sleep(0.5)
+        pid = engine.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSEGV)
+        with pytest.raises(EngineCrashed):
+            await asyncio.wait_for(checking, 5.0)
+    with pytest.raises(RequestCrashedEngine) as caught:
+        await engine.check(culprit)
+    assert caught.value.parameter == "constraint"

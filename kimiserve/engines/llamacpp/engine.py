@@ -75,6 +75,7 @@ class LlamaCppEngine:
     def __init__(self, config: LlamaCppConfig | None = None) -> None:
         self.config = config if config is not None else LlamaCppConfig()
         self._streams: dict[int, _Stream] = {}
+        self._checks: dict[int, tuple[int, str]] = {}  # worker generation, request fingerprint
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._crashes: OrderedDict[str, int] = OrderedDict()
@@ -137,7 +138,14 @@ class LlamaCppEngine:
     async def check(self, request: GenerationRequest) -> None:
         self._refuse_known_crasher(request)
         await self._wait_ready()
-        await asyncio.wrap_future(self._backend.call("check", request))
+        # A check in flight when the worker dies counts as a crash of its request, like a stream:
+        # a schema that kills the compiler is refused after `restart_limit` crashes too.
+        key = next(self._ids)
+        self._checks[key] = (self._backend.generation, fingerprint(request))
+        try:
+            await asyncio.wrap_future(self._backend.call("check", request))
+        finally:
+            self._checks.pop(key, None)
 
     async def tokenize(self, request: GenerationRequest) -> list[int]:
         """The prompt tokens a request's messages render to with the model's chat template."""
@@ -210,9 +218,10 @@ class LlamaCppEngine:
         else:
             error = EngineCrashed("The inference engine crashed and was restarted; retry the request.")
         if native_crash(exit_code) and not self._closed:
-            for stream in victims:
-                count = self._crashes.pop(stream.fingerprint, 0) + 1
-                self._crashes[stream.fingerprint] = count
+            checks = [fp for gen, fp in list(self._checks.values()) if gen == generation]
+            for culprit in {s.fingerprint for s in victims} | set(checks):
+                count = self._crashes.pop(culprit, 0) + 1
+                self._crashes[culprit] = count
             while len(self._crashes) > FINGERPRINTS:
                 self._crashes.popitem(last=False)
         per_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, list[Item]]]] = {}

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import llama_cpp as llama
 import numpy as np
+import numpy.typing as npt
 
 from kimiserve.domain.types import Finished, FinishReason, TextDelta, Usage
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
@@ -252,7 +253,7 @@ class Scheduler:
             return
         self._sample_constrained(slot, row)
 
-    def _sample_constrained(self, slot: Slot, row: np.ndarray) -> None:  # type: ignore[type-arg]
+    def _sample_constrained(self, slot: Slot, row: npt.NDArray[np.float32]) -> None:
         job = slot.job
         assert job is not None
         try:

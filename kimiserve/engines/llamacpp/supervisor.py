@@ -234,15 +234,14 @@ class WorkerProcess:
         return here
 
     def _read(self, conn: Connection) -> None:
-        while True:
-            self._serve(conn)
+        current: Connection | None = conn
+        while current is not None:
+            self._serve(current)
             exit_code = self._reap()
             if self._closing:
                 self._state = "closed"
                 return
-            conn = self._restart(exit_code)
-            if conn is None:
-                return
+            current = self._restart(exit_code)
 
     def _serve(self, conn: Connection) -> None:
         while True:
