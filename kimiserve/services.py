@@ -123,6 +123,9 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         max_sequences=settings.max_sequences,
+        max_waiting=settings.max_waiting,
+        deterministic=settings.deterministic,
+        isolated=settings.engine_isolated,
     )
     model_id = Path(path).name.removesuffix(".gguf").split(".")[0].lower()
     return LlamaCppEngine(config), model_id
@@ -205,6 +208,7 @@ async def build_services(settings: Settings) -> Services:
             RateLimiter(window_s=settings.rate_limit_window_s),
             platform.account_store,
             metrics,
+            max_waiting=settings.max_waiting,
         ),
         metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),

@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     )
     n_threads: int | None = Field(None, description="Embedded engine threads; default all cores.")
     max_sequences: int = Field(16, description="Embedded engine: sequences decoded together.")
+    max_waiting: int = Field(
+        256,
+        description="Generations admitted per engine beyond those it decodes at once; more are refused "
+        "up front with 503 serviceUnavailable (never acknowledged and then failed).",
+    )
+    deterministic: bool = Field(
+        True,
+        description="Embedded engine: the same seed and parameters give the same text whatever runs "
+        "beside it (one KV stream per sequence, flash attention off, plain weight layouts). False "
+        "picks the fastest llama.cpp settings for this CPU instead (see the engine README).",
+    )
+    engine_isolated: bool = Field(
+        True,
+        description="Embedded engine: run llama.cpp in a supervised worker process, so a native "
+        "crash fails the requests in flight and restarts the worker instead of killing the server.",
+    )
     price_input_per_million: float = Field(0.48, description="USD per 1M input tokens (Kimi K2.6).")
     price_output_per_million: float = Field(2.00, description="USD per 1M output tokens (Kimi K2.6).")
     price_cached_per_million: float = Field(0.08, description="USD per 1M cached input tokens.")

@@ -27,7 +27,8 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -44,7 +45,7 @@ from kimiserve.domain.types import (
     Usage,
 )
 from kimiserve.engines.registry import ModelRegistry, ServedModel
-from kimiserve.errors import EngineError, Forbidden, InsufficientCredits, KimiserveError
+from kimiserve.errors import EngineError, Forbidden, InsufficientCredits, KimiserveError, ServiceUnavailable
 from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.rate_limits import Permit, RateLimiter
 
@@ -254,9 +255,8 @@ class Admission:
         return [t.result() for t in tasks]
 
     async def _settle(self, index: int, usage: Usage, outcome: str) -> None:
-        if not self._open[index]:
+        if not self._end(index):
             return
-        self._open[index] = False
         hold = self.holds[index]
         cost = self.model.price.cost(usage)
         row = UsageRow(
@@ -281,10 +281,17 @@ class Admission:
         self.pipeline.forget_hold(hold)
         await self.permit.record_tokens(usage.completion_tokens)
 
-    async def _release(self, index: int) -> None:
+    def _end(self, index: int) -> bool:
+        """Mark generation `index` ended (once: False if it had already) and free its place."""
         if not self._open[index]:
-            return
+            return False
         self._open[index] = False
+        self.pipeline.free_places(self.model.engine, 1)
+        return True
+
+    async def _release(self, index: int) -> None:
+        if not self._end(index):
+            return
         hold = self.holds[index]
         if hold is not None:
             await self.pipeline.release_hold(hold)
@@ -311,8 +318,14 @@ class Pipeline:
         limiter: RateLimiter,
         accounts: AccountStore,
         observer: Observer | None = None,
+        *,
+        max_waiting: int = 256,
     ) -> None:
+        """`max_waiting`: generations admitted per engine beyond what it decodes at once."""
         self.registry = registry
+        self.max_waiting = max_waiting
+        # Generations admitted and not yet ended, per engine: what admission refuses beyond.
+        self.outstanding: Counter[int] = Counter()
         self.ledger = ledger
         self.accounts = accounts
         self.limiter = limiter
@@ -359,10 +372,23 @@ class Pipeline:
         """Check, rate-limit and reserve; the returned Admission runs the generations."""
         self.authorize(principal, "inference")
         request = replace(request, cache_scope=principal.account_id)
-        await _engine_check(model, request)
-        prompt_tokens = _count_prompt(model, request)
-        max_tokens = request.sampling.max_tokens or model.engine.capabilities.context_length
-        permit = await self.limiter.acquire(principal, prompt_tokens)
+        engine = model.engine
+        capacity = engine.capabilities.max_concurrency + self.max_waiting
+        if self.outstanding[id(engine)] + n > capacity:
+            raise ServiceUnavailable(
+                f"The engine serving {model.id} has {capacity} generations admitted already; "
+                "try again shortly.",
+                code="serviceUnavailable",
+            )
+        self.outstanding[id(engine)] += n  # taken now, before any await, so admissions cannot race
+        try:
+            counted = await engine.check(request)
+            prompt_tokens = counted if counted is not None else prompt_token_bound(request)
+            max_tokens = request.sampling.max_tokens or engine.capabilities.context_length
+            permit = await self.limiter.acquire(principal, prompt_tokens)
+        except BaseException:
+            self.free_places(engine, n)
+            raise
         request_id = request_id or uuid.uuid4().hex
         holds: list[Hold | None] = [None] * n
         try:
@@ -382,6 +408,7 @@ class Pipeline:
                 holds = list(taken)
         except BaseException:
             permit.release()
+            self.free_places(engine, n)
             raise
         return Admission(
             pipeline=self,
@@ -395,6 +422,13 @@ class Pipeline:
             permit=permit,
         )
 
+    def free_places(self, engine: object, n: int) -> None:
+        """Generations admitted and now ended (or never run): their places are free again."""
+        key = id(engine)
+        self.outstanding[key] -= n
+        if self.outstanding[key] <= 0:
+            del self.outstanding[key]
+
     async def release_hold(self, hold: Hold) -> None:
         await self.ledger.release(hold)
         self.forget_hold(hold)
@@ -403,17 +437,3 @@ class Pipeline:
         """A hold settled or released: no longer outstanding (for the reserved-credit gauge)."""
         if hold is not None:
             self.observer.reserved(-hold.amount_micros)
-
-
-async def _engine_check(model: ServedModel, request: GenerationRequest) -> None:
-    check = getattr(model.engine, "check", None)
-    if check is not None:
-        await check(request)
-
-
-def _count_prompt(model: ServedModel, request: GenerationRequest) -> int:
-    tokenize = getattr(model.engine, "tokenize", None)
-    if tokenize is not None:
-        tokens: Sequence[int] = tokenize(request)
-        return len(tokens)
-    return prompt_token_bound(request)

@@ -1,14 +1,25 @@
 """The engine seam: every engine turns one GenerationRequest into an async stream of events.
 
-An engine raises only `EngineError` subclasses (or `InvalidRequest` subclasses for requests it
-cannot serve, such as a prompt too long for its context) and never knows which protocol asked.
-Cancellation is the engine's duty: when the consumer stops iterating (`aclose()` on the
-generator), generation stops within a step and its resources are freed.
+Two calls per request, in this order:
+
+- `await engine.check(request)` validates and compiles everything the request needs (the prompt
+  fits the context, the grammar compiles within its budget, images/videos are supported) and
+  raises an `InvalidRequest` (or `GrammarError`) subclass naming the parameter if not; it
+  returns the prompt's token count if the engine knows it (credit is held for it). The
+  pipeline calls it BEFORE it reserves credit; what it compiles is cached, so `generate` does
+  not compile again.
+- `engine.generate(request)` returns an async generator of events; consumers close it with
+  `contextlib.aclosing`. It raises the same errors as `check` if `check` was skipped, and
+  otherwise only `EngineError` subclasses.
+
+An engine never knows which protocol asked. Cancellation is the engine's duty: when the consumer
+stops iterating (`aclose()` on the generator), generation stops within a step and its resources
+are freed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -35,7 +46,11 @@ class Engine(Protocol):
     name: str
     capabilities: Capabilities
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+    async def check(self, request: GenerationRequest) -> int | None:
+        """Validate and compile; return the prompt's token count when the engine counts it
+        (None: the pipeline bounds it from the text)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
 
     async def health(self) -> Health: ...
 

@@ -1,19 +1,25 @@
 """A scripted engine for the layers above the engine and for faults.
 
 It speaks the same events as a real engine: the text is derived from the seed and the last
-message so tests can tell generations apart; `fail_after` makes a stream die mid-way and
-`delay_s` makes it slow. Never used on the main path: tests there run the real model.
+message so tests can tell generations apart; `fail_after` makes a stream die mid-way,
+`delay_s` makes it slow and `refuse` makes `check` (and so `generate`) refuse every request
+with that error. Never used on the main path: tests there run the real model.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from kimiserve.domain.types import Event, Finished, GenerationRequest, TextDelta, Usage
 from kimiserve.engines.base import Capabilities, Health
-from kimiserve.errors import EngineError
+from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
+
+
+def prompt_tokens(request: GenerationRequest) -> int:
+    """The fake's token count: a word is a token, plus one per message."""
+    return sum(len(m.content.split()) + 1 for m in request.messages)
 
 
 @dataclass
@@ -24,8 +30,23 @@ class FakeEngine:
     )
     delay_s: float = 0.0
     fail_after: int | None = None
+    refuse: InvalidRequest | None = None  # raised by check() (and so by generate())
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def check(self, request: GenerationRequest) -> int:
+        """What the fake cannot do: images and videos unless its capabilities say vision.
+
+        Constraints are accepted and ignored (the fake echoes); `refuse` scripts a refusal.
+        """
+        if self.refuse is not None:
+            raise self.refuse
+        if not self.capabilities.vision and request.images:
+            raise UnsupportedFeature("This model does not accept images.", parameter="images")
+        if not self.capabilities.vision and request.videos:
+            raise UnsupportedFeature("This model does not accept videos.", parameter="videos")
+        return prompt_tokens(request)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+        await self.check(request)
         last = request.messages[-1].content if request.messages else ""
         words = [f"echo[{request.sampling.seed}]", *last.split()]
         limit = request.sampling.max_tokens or len(words)
@@ -37,8 +58,7 @@ class FakeEngine:
                 await asyncio.sleep(self.delay_s)
             yield TextDelta(("" if produced == 0 else " ") + word)
             produced += 1
-        prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
-        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
+        yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=produced)
         yield Finished("length" if produced < len(words) else "stop")
 
     async def health(self) -> Health:

@@ -249,13 +249,15 @@ async def test_gbnf_grammar_that_completes_finishes_with_stop(engine: LlamaCppEn
         Constraint(json_schema='{"type": "object", "properties": {"a": {"$ref": "#/definitions/nope"}}}'),
     ],
 )
-def test_bad_grammar_or_schema_is_rejected_before_start(
+async def test_bad_grammar_or_schema_is_rejected_before_start(
     engine: LlamaCppEngine, constraint: Constraint
 ) -> None:
     request = replace(ask("hi", max_tokens=5), constraint=constraint)
     with pytest.raises(GrammarError) as caught:
-        engine.generate(request)
-    assert caught.value.parameter == "response_format"
+        await engine.check(request)
+    assert caught.value.parameter == "constraint"
+    with pytest.raises(GrammarError):  # generate refuses it too when check was skipped
+        await engine.generate(request).__anext__()
 
 
 async def test_cancelled_request_frees_its_slot(engine: LlamaCppEngine) -> None:
@@ -286,15 +288,17 @@ async def test_cancelled_task_frees_its_slot(engine: LlamaCppEngine) -> None:
     await wait_idle(engine)
 
 
-def test_prompt_longer_than_context_is_rejected(engine: LlamaCppEngine) -> None:
+async def test_prompt_longer_than_context_is_rejected(engine: LlamaCppEngine) -> None:
     with pytest.raises(ContextLengthExceeded) as caught:
-        engine.generate(ask("word " * 600, max_tokens=5))
+        await engine.check(ask("word " * 600, max_tokens=5))
     assert caught.value.parameter == "messages"
+    with pytest.raises(ContextLengthExceeded):
+        await engine.generate(ask("word " * 600, max_tokens=5)).__anext__()
 
 
-def test_prompt_plus_max_tokens_over_context_is_rejected(engine: LlamaCppEngine) -> None:
+async def test_prompt_plus_max_tokens_over_context_is_rejected(engine: LlamaCppEngine) -> None:
     with pytest.raises(ContextLengthExceeded) as caught:
-        engine.generate(ask("hello", max_tokens=500))
+        await engine.check(ask("hello", max_tokens=500))
     assert caught.value.parameter == "max_tokens"
 
 
@@ -304,9 +308,9 @@ async def test_without_max_tokens_runs_until_the_context_is_full(engine: LlamaCp
     assert result.usage.prompt_tokens + result.usage.completion_tokens == engine.capabilities.context_length
 
 
-def test_images_are_unsupported(engine: LlamaCppEngine) -> None:
+async def test_images_are_unsupported(engine: LlamaCppEngine) -> None:
     with pytest.raises(UnsupportedFeature) as caught:
-        engine.generate(replace(ask("what is this?"), images=("https://example.com/a.png",)))
+        await engine.check(replace(ask("what is this?"), images=("https://example.com/a.png",)))
     assert caught.value.parameter == "images"
 
 

@@ -68,7 +68,7 @@ async def test_balance_covering_ten_never_runs_more_than_ten(
     statuses = [r.status_code for r in replies]
     assert statuses.count(200) >= 10
     assert statuses.count(402) >= 1
-    assert set(statuses) <= {200, 402}
+    assert set(statuses) <= {200, 402, 503}  # 503: beyond what the engine can queue (400 generations)
     for r in replies:
         if r.status_code == 402:
             assert r.json()["errors"][0]["code"] == "insufficientCredits"

@@ -166,3 +166,24 @@ async def test_openai_rate_limit_headers(server: InProcess, admin: AdminClient) 
     assert reply.headers["x-ratelimit-limit-tokens"] == "1000"
     assert int(reply.headers["x-ratelimit-remaining-tokens"]) < 1000
     assert reply.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_admission_refuses_what_the_engine_cannot_queue(tmp_path: Path) -> None:
+    """100 async tasks in one array: what fits the engine's batch and queue is acknowledged and
+    completes; the rest is refused up front (503), never acknowledged and then failed."""
+    key = create_key(tmp_path)
+    with serve_in_process(tmp_path, max_waiting=4) as server:
+        capacity = server.engine.capabilities.max_concurrency + 4
+        server.engine.delay_s = 0.05
+        tasks = [text_task(8, deliveryMethod="async") for _ in range(100)]
+        async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            reply = (await http.post(f"{server.base_url}/v1", json=tasks)).json()
+            acked = [item["taskUUID"] for item in reply["data"]]
+            refused = reply["errors"]
+            assert len(acked) == capacity and len(refused) == 100 - capacity
+            assert {e["code"] for e in refused} == {"serviceUnavailable"}
+            for task_uuid in acked:
+                poll = [{"taskType": "getResponse", "taskUUID": task_uuid}]
+                [item] = (await http.post(f"{server.base_url}/v1", json=poll)).json()["data"]
+                assert item["status"] == "success", item
+        assert server.services.pipeline.outstanding == {}

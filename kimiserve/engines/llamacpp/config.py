@@ -33,7 +33,19 @@ class LlamaCppConfig:
     n_batch: int = 512
     prompt_chunk: int = 256
     max_waiting: int = 256  # requests queued beyond max_sequences; more -> EngineOverloaded
-    flash_attn: bool = False  # off: prompt logits then do not depend on chunking (README.md)
+    # Determinism by seed (README.md, "Determinism"): True keeps every setting that makes one
+    # sequence's numbers independent of its neighbours; False lets the three below default to
+    # the fastest measured on this CPU (README.md, "Speed").
+    deterministic: bool = True
+    flash_attn: bool | None = None  # None: off when deterministic, else llama.cpp's auto
+    kv_unified: bool | None = None  # None: one KV stream per sequence when deterministic
+    repack: bool | None = None  # None: repacked weights when not deterministic and no AMX
+    n_ubatch: int | None = None  # None: n_batch
+    isolated: bool = True  # run llama.cpp in a supervised worker process (False: in this process)
+    mask_threads: int = 2  # threads computing grammar masks beside the decode
+    grammar_budget_s: float = 2.0  # longest a constraint may take to compile, else GrammarError
+    grammar_cache: int = 256  # compiled constraints kept (LRU by constraint text)
+    restart_limit: int = 2  # a request in flight during this many worker crashes is refused
 
     def __post_init__(self) -> None:
         if self.max_sequences < 1 or self.max_sequences > 256:
@@ -46,6 +58,8 @@ class LlamaCppConfig:
             raise ValueError("n_batch must be at least max_sequences")
         if self.n_threads is not None and self.n_threads < 1:
             raise ValueError("n_threads must be positive")
+        if self.mask_threads < 1 or self.grammar_budget_s <= 0 or self.grammar_cache < 1:
+            raise ValueError("mask_threads, grammar_budget_s and grammar_cache must be positive")
 
     @property
     def threads(self) -> int:
@@ -53,8 +67,43 @@ class LlamaCppConfig:
             return self.n_threads
         return max(1, len(os.sched_getaffinity(0)))
 
+    @property
+    def use_flash_attn(self) -> bool | None:
+        """True/False, or None for llama.cpp's auto."""
+        if self.flash_attn is not None:
+            return self.flash_attn
+        return False if self.deterministic else None
+
+    @property
+    def use_kv_unified(self) -> bool:
+        return self.kv_unified if self.kv_unified is not None else not self.deterministic
+
+    @property
+    def use_repack(self) -> bool:
+        """Repacked (extra buffer type) weight layouts: never on AMX (they crash this llama.cpp
+        build there), and not in deterministic mode (one-row and many-row kernels differ)."""
+        if self.repack is not None:
+            return self.repack
+        return not self.deterministic and not cpu_has_amx()
+
     def resolved_model_path(self) -> str:
         return self.model_path if self.model_path is not None else default_model_path()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of the first processor in /proc/cpuinfo (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    return any(flag.startswith("amx") for flag in cpu_flags())
 
 
 def default_model_path() -> str:

@@ -1,54 +1,54 @@
-"""One request as the scheduler thread sees it, and the way its events get back to asyncio.
+"""One request as the scheduler thread sees it, and the way its events leave the scheduler.
 
-A `Job` is created on the event loop, handed to the scheduler thread, and from then on only
-the scheduler touches its sequence state. The consumer side may only set `cancelled`. Events
-travel back in batches, one `call_soon_threadsafe` per event loop per scheduler step.
+A `Job` is built by the engine core (prompt tokens, sampler, prefix-cache scope) and handed to
+the scheduler thread; from then on only the scheduler touches its sequence state, and other
+threads may only set `cancelled`. Events leave in batches: the `Outbox` collects what one
+scheduler step produced and hands it to `emit` once per step (one pipe message per step when
+the scheduler runs in the worker process).
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from kimiserve.domain.types import Event, Sampling
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.errors import KimiserveError
 
 Item = Event | KimiserveError
+Batch = list[tuple[int, list[Item]]]
+# emit(batch, active sequences, waiting requests): called once per scheduler step
+Emit = Callable[[Batch, int, int], None]
 
 
 @dataclass(eq=False)
 class Job:
+    id: int
     prompt: list[int]
     sampling: Sampling
     sampler: SamplerChain
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False  # set by the consumer; the scheduler drops the job at its next step
+    scope: str | None = None  # prefix-cache namespace (the account): reuse only within it
+    cancelled: bool = False  # set from any thread; the scheduler drops the job at its next step
     done: bool = False  # set by the scheduler once the last item is on its way
 
 
-def _deliver(batch: list[tuple[Job, list[Item]]]) -> None:
-    for job, items in batch:
-        for item in items:
-            job.queue.put_nowait(item)
-
-
 class Outbox:
-    """Items produced during one scheduler step, grouped per event loop (scheduler thread only)."""
+    """Items produced during one scheduler step (scheduler thread only)."""
 
-    def __init__(self) -> None:
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Job, list[Item]]]] = {}
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._pending: Batch = []
+        self._counts = (0, 0)
 
     def put(self, job: Job, items: list[Item]) -> None:
         if items and not job.cancelled:
-            self._pending.setdefault(job.loop, []).append((job, items))
+            self._pending.append((job.id, items))
 
-    def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for loop, batch in pending.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                for job, _ in batch:
-                    job.cancelled = True
+    def flush(self, active: int, waiting: int) -> None:
+        """Hand the step's items on; also when only the counts changed (for the metrics)."""
+        if not self._pending and self._counts == (active, waiting):
+            return
+        pending, self._pending = self._pending, []
+        self._counts = (active, waiting)
+        self._emit(pending, active, waiting)

@@ -95,9 +95,9 @@ class NativeModel:
         llama.llama_backend_init()
         model_params = llama.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        # The AMX/repack weight layouts crash this llama.cpp build on prompt batches here, and
-        # their kernels differ between one row and many (see README.md): plain layouts only.
-        model_params.use_extra_bufts = False
+        # The AMX/repack weight layouts crash this llama.cpp build on prompt batches on AMX
+        # CPUs, and their kernels differ between one row and many (README.md): see use_repack.
+        model_params.use_extra_bufts = config.use_repack
         self.model = llama.llama_model_load_from_file(path.encode(), model_params)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load the model file: {path}")
@@ -109,13 +109,18 @@ class NativeModel:
         params = llama.llama_context_default_params()
         params.n_ctx = config.n_ctx
         params.n_batch = config.n_batch
-        params.n_ubatch = config.n_batch
+        params.n_ubatch = config.n_ubatch or config.n_batch
         params.n_seq_max = config.max_sequences
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
-        params.kv_unified = False  # one KV stream per sequence: batch-invariant attention
+        params.kv_unified = config.use_kv_unified  # False: batch-invariant attention (README.md)
+        flash = config.use_flash_attn
         params.flash_attn_type = (
-            llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            llama.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if flash is None
+            else llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash
+            else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
         self.ctx = llama.llama_init_from_model(self.model, params)
@@ -124,7 +129,9 @@ class NativeModel:
             self.model = None
             raise ModelLoadError(f"llama.cpp could not create a context for: {path}")
         self.memory = llama.llama_get_memory(self.ctx)
-        self.n_ctx_seq: int = llama.llama_n_ctx_seq(self.ctx)
+        # A unified KV cache is shared: each sequence may use its share of it, no more.
+        shared = llama.llama_n_ctx(self.ctx) // config.max_sequences
+        self.n_ctx_seq: int = shared if config.use_kv_unified else llama.llama_n_ctx_seq(self.ctx)
         self.eog_tokens = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, t))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -132,11 +139,16 @@ class NativeModel:
         self.bos_text = self._special_text(llama.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))
         log.info(
-            "loaded %s: %d sequences x %d tokens of context, %d threads",
+            "loaded %s: %d sequences x %d tokens of context, %d threads, deterministic=%s "
+            "(kv_unified=%s flash_attn=%s repack=%s)",
             Path(path).name,
             config.max_sequences,
             self.n_ctx_seq,
             config.threads,
+            config.deterministic,
+            config.use_kv_unified,
+            config.use_flash_attn,
+            config.use_repack,
         )
 
     def meta(self, key: str) -> str | None:

@@ -1,16 +1,14 @@
-"""One llama.cpp sampler chain per sequence, built from the request's `Sampling` and constraint.
+"""One llama.cpp sampler chain per sequence, built from the request's `Sampling`, and its grammar.
 
 Chain order (llama.cpp's own): EOG ban (`ignore_eos`) → penalties → top-k → top-p → min-p →
 temperature → dist(seed); temperature 0 ends in greedy instead.
 
-A grammar (GBNF, or a JSON schema turned into GBNF) is a separate sampler, used the way
-llama.cpp's `common_sampler` uses it: sample with the chain, check only the sampled token
-against the grammar, and only when the grammar rejects it apply the grammar to the whole
-vocabulary and sample again. Applying a JSON grammar to all 49k candidates costs ~15 ms per
-token on this CPU; the check costs microseconds. This path fills the candidate array from the
-logits with numpy (~50 µs); unconstrained sequences never leave llama.cpp's own
-`llama_sampler_sample`. A token the grammar rejects is never accepted (llama.cpp would abort
-the process on it).
+Unconstrained sequences never leave llama.cpp's own `llama_sampler_sample`. A constrained one
+carries an llguidance matcher (`grammar.py`): the scheduler has its token mask computed on a
+thread pool while the batch decodes (`compute_mask`, GIL released), then `sample_logits` applies
+the mask to the sequence's logits (numpy, ~100 µs for 49k tokens), runs the chain on what is
+left and the matcher consumes the token. Under a JSON grammar with `max_tokens`, `JsonTail`
+(`jsonclose.py`) closes the JSON before the budget runs out.
 
 Seeds: llama.cpp reads seed 0xFFFFFFFF as "pick a random seed", so that one value is sampled
 with seed 0xFFFFFFFE instead; every other uint32 seed is used as is.
@@ -19,49 +17,18 @@ with seed 0xFFFFFFFE instead; every other uint32 seed is used as is.
 from __future__ import annotations
 
 import ctypes
-import json
-import re
 
 import llama_cpp as llama
 import numpy as np
+import numpy.typing as npt
 
-from kimiserve.domain.types import Constraint, Sampling
-from kimiserve.engines.llamacpp.model import NativeModel, native_errors
-from kimiserve.engines.llamacpp.schema_grammar import schema_to_gbnf
-from kimiserve.errors import GrammarError
+from kimiserve.domain.types import Sampling
+from kimiserve.engines.llamacpp.grammar import Grammar
+from kimiserve.engines.llamacpp.jsonclose import JsonTail
+from kimiserve.engines.llamacpp.model import NativeModel
+from kimiserve.errors import EngineError, GrammarError
 
 RANDOM_SEED = 0xFFFFFFFF
-JSON_CHAR = re.compile(r"^char ::= .*$", re.MULTILINE)
-JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
-
-
-def grammar_source(constraint: Constraint | None) -> str | None:
-    """The GBNF text a constraint asks for; GrammarError when a schema cannot be converted."""
-    if constraint is None:
-        return None
-    if constraint.json_schema is not None:
-        try:
-            json.loads(constraint.json_schema)
-        except ValueError as exc:
-            raise GrammarError(
-                f"The JSON schema is not valid JSON: {exc}", parameter="response_format"
-            ) from exc
-        try:
-            gbnf = schema_to_gbnf(constraint.json_schema)
-        except RecursionError as exc:
-            raise GrammarError("The JSON schema nests too deeply.", parameter="response_format") from exc
-        except Exception as exc:  # the converter raises bare Exception/ValueError/KeyError/...
-            raise GrammarError(
-                f"The JSON schema cannot be turned into a grammar: {exc}", parameter="response_format"
-            ) from exc
-        # llama-cpp-python's converter lets raw control characters into strings (invalid JSON);
-        # use llama.cpp's own rule for a JSON string character instead.
-        return JSON_CHAR.sub(lambda _: JSON_CHAR_RULE, gbnf)
-    if constraint.grammar is not None:
-        if not constraint.grammar.strip():
-            raise GrammarError("The grammar is empty.", parameter="response_format")
-        return constraint.grammar
-    return None
 
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
@@ -76,13 +43,11 @@ class Candidates:
         self._data = np.zeros(n_vocab, dtype=TOKEN_DATA)
         self._pointer = self._data.ctypes.data_as(llama.llama_token_data_p)
         self.array = llama.llama_token_data_array(data=self._pointer, size=n_vocab, selected=-1, sorted=False)
-        self._single = (llama.llama_token_data * 1)()
-        self.one = llama.llama_token_data_array(data=self._single, size=1, selected=-1, sorted=False)
 
-    def fill(self, ctx: ctypes.c_void_p, index: int) -> None:
-        logits = llama.llama_get_logits_ith(ctx, index)
+    def fill(self, logits: npt.NDArray[np.float32], allowed: npt.NDArray[np.bool_]) -> None:
         self._data["id"] = self._ids
-        self._data["logit"] = np.ctypeslib.as_array(logits, shape=(self._n,))
+        self._data["logit"] = logits
+        self._data["logit"][~allowed] = -np.inf
         self._data["p"] = 0.0
         self.array.data = self._pointer  # type: ignore[assignment]  # samplers may move it
         self.array.size = self._n
@@ -92,40 +57,35 @@ class Candidates:
     def selected(self) -> int:
         return int(self.array.data[self.array.selected].id)
 
-    def set_one(self, token: int) -> None:
-        self._single[0].id = llama.llama_token(token)
-        self._single[0].logit = 1.0
-        self._single[0].p = 0.0
-        self.one.size = 1
-        self.one.selected = -1
-        self.one.sorted = False
-
 
 class SamplerChain:
-    """An owned `llama_sampler` chain (and grammar sampler); `free()` releases them."""
+    """An owned `llama_sampler` chain, and the sequence's grammar matcher; `free()` releases them."""
 
-    def __init__(self, model: NativeModel, sampling: Sampling, grammar: str | None) -> None:
+    def __init__(self, model: NativeModel, sampling: Sampling, grammar: Grammar | None) -> None:
         params = llama.llama_sampler_chain_default_params()
         params.no_perf = True
         self.handle: llama.llama_sampler_p | None = llama.llama_sampler_chain_init(params)
-        self.grammar: llama.llama_sampler_p | None = None
+        self._model = model
         self._eog = model.eog_tokens
+        self.matcher = grammar.matcher() if grammar is not None else None
+        self.tail = JsonTail() if grammar is not None and grammar.json else None
+        self.closing = False  # tokens are being forced to close the JSON before max_tokens
         try:
-            if grammar is not None:
-                self.grammar = compile_grammar(model, grammar)
             self._build(model, sampling, constrained=grammar is not None)
         except BaseException:
             self.free()
             raise
-        self._candidates = Candidates(model.n_vocab) if self.grammar else None
+        words = (model.n_vocab + 31) // 32
+        self._mask = np.full(words, -1, dtype=np.int32) if self.matcher is not None else None
+        self._candidates = Candidates(model.n_vocab) if self.matcher is not None else None
 
     @property
     def constrained(self) -> bool:
-        return self.grammar is not None
+        return self.matcher is not None
 
     def _add(self, sampler: llama.llama_sampler_p | None) -> None:
         if not sampler:  # a NULL pointer: llama.cpp refused the parameters
-            raise GrammarError("llama.cpp refused a sampler", parameter="response_format")
+            raise GrammarError("llama.cpp refused the sampler settings.", parameter="sampling")
         llama.llama_sampler_chain_add(self.handle, sampler)
 
     def _build(self, model: NativeModel, sampling: Sampling, *, constrained: bool) -> None:
@@ -164,46 +124,76 @@ class SamplerChain:
         self._add(llama.llama_sampler_init_dist(RANDOM_SEED - 1 if seed == RANDOM_SEED else seed))
 
     def sample(self, ctx: ctypes.c_void_p, index: int) -> int:
-        """Sample (and accept) a token from output `index` of the last decode."""
-        if self.grammar is None or self._candidates is None:
-            return int(llama.llama_sampler_sample(self.handle, ctx, index))
+        """Sample (and accept) a token from output `index` of the last decode (unconstrained)."""
+        return int(llama.llama_sampler_sample(self.handle, ctx, index))
+
+    def compute_mask(self) -> None:
+        """The allowed next tokens into this sequence's mask (any thread; releases the GIL)."""
+        assert self.matcher is not None and self._mask is not None
+        self.matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
+
+    def sample_logits(self, logits: npt.NDArray[np.float32], remaining: int | None) -> int:
+        """Sample and accept a token under the grammar from one row of logits.
+
+        `remaining`: tokens the sequence may still produce, this one included (None: no limit).
+        """
+        assert self.matcher is not None and self._mask is not None and self._candidates is not None
+        if self.closing:  # no more sampling: the rest of the shortest closing, token by token
+            return self._force()
+        if self.matcher.is_error():
+            raise EngineError(f"The grammar failed while generating: {self.matcher.get_error()[:200]}")
+        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._model.n_vocab]
         cand = self._candidates
-        cand.fill(ctx, index)
+        cand.fill(logits, bits.astype(bool))
         llama.llama_sampler_apply(self.handle, ctypes.byref(cand.array))
         token = cand.selected()
-        cand.set_one(token)
-        llama.llama_sampler_apply(self.grammar, ctypes.byref(cand.one))
-        if cand.one.data[0].logit == float("-inf"):  # rejected: the grammar first, then the chain
-            cand.fill(ctx, index)
-            llama.llama_sampler_apply(self.grammar, ctypes.byref(cand.array))
-            llama.llama_sampler_apply(self.handle, ctypes.byref(cand.array))
-            token = cand.selected()
-        if token not in self._eog:
-            llama.llama_sampler_accept(self.grammar, token)
+        if self.tail is not None and remaining is not None and token not in self._eog:
+            token = self._within_budget(token, remaining - 1)
         llama.llama_sampler_accept(self.handle, token)
+        if token not in self._eog:
+            # A forced closing token may break the schema (a required key never written): the
+            # matcher is not asked again after that, the output still parses.
+            if not self.matcher.consume_token(token) and not self.closing:
+                raise EngineError("The grammar rejected a token it allowed.")
+            if self.tail is not None:
+                self.tail.feed(self._model.piece(token))
         return token
+
+    def _within_budget(self, token: int, left_after: int) -> int:
+        """`token`, unless the JSON it leaves open cannot be closed in `left_after` tokens: then
+        the first token of the closing (each closing character costs at most one token)."""
+        assert self.tail is not None
+        after = self.tail.copy()
+        after.feed(self._model.piece(token))
+        closing = after.closing()
+        if closing is None or len(closing) <= left_after:
+            return token
+        if not self.tail.closing():
+            return token
+        self.closing = True
+        return self._force(accept=False)
+
+    def _force(self, *, accept: bool = True) -> int:
+        assert self.tail is not None
+        token = self._model.tokenize(self.tail.closing() or "")[0]
+        if accept:
+            llama.llama_sampler_accept(self.handle, token)
+            self.tail.feed(self._model.piece(token))
+        return token
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.matcher is not None and not self.closing
+
+    @property
+    def closed(self) -> bool:
+        """The JSON was closed early by forced tokens: the sequence ends (reason `length`)."""
+        return self.closing and self.tail is not None and self.tail.done
 
     def free(self) -> None:
         handle, self.handle = self.handle, None
         if handle:
             llama.llama_sampler_free(handle)
-        grammar, self.grammar = self.grammar, None
-        if grammar:
-            llama.llama_sampler_free(grammar)
 
     def __del__(self) -> None:  # a stream that was never iterated still frees its samplers
         self.free()
-
-
-def compile_grammar(model: NativeModel, grammar: str) -> llama.llama_sampler_p:
-    with native_errors() as errors:
-        sampler: llama.llama_sampler_p = llama.llama_sampler_init_grammar(
-            model.vocab, grammar.encode("utf-8"), b"root"
-        )
-    if not sampler:  # NULL: the grammar did not parse
-        detail = "; ".join(e for e in errors if e and "failed to parse grammar" not in e)
-        raise GrammarError(
-            "The grammar does not compile" + (f": {detail}" if detail else "."),
-            parameter="response_format",
-        )
-    return sampler

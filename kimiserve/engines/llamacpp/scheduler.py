@@ -8,12 +8,19 @@ Each sequence owns one slot, i.e. one llama.cpp sequence id with its own KV stre
    consecutive ids), then one sample per sequence from its own sampler chain;
 3. prompt chunks, up to `prompt_chunk` tokens in all, one `llama_decode` per sequence.
 
+Grammar masks never hold up the batch: the mask a constrained sequence needs for its next token
+is computed on a thread pool (llguidance releases the GIL) while `llama_decode` runs. If it is
+not ready when the logits are, the sequence parks a copy of its logits row and sits out the
+following steps until its mask arrives; everyone else keeps decoding.
+
 Prompt chunks never mix with decode tokens and are never a single token past position 0:
 llama.cpp computes a one-token attention with other kernels than a many-token one, so this keeps
 a sequence's numbers independent of what else runs (see README.md, "Determinism").
 
 Prefix cache: when a sequence ends, the KV of its prompt stays in its stream; a new request is
-placed in the free slot sharing the longest prompt prefix and only its remainder is evaluated.
+placed in the free slot sharing the longest prompt prefix *of the same cache scope* (the account:
+another account's prefix is never reused, so `cached_tokens` and timing reveal nothing across
+accounts) and only its remainder is evaluated.
 Generated tokens are cut right away (their KV came from one-token steps, see above).
 """
 
@@ -22,12 +29,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import llama_cpp as llama
+import numpy as np
+import numpy.typing as npt
 
 from kimiserve.domain.types import Finished, FinishReason, TextDelta, Usage
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
-from kimiserve.engines.llamacpp.job import Item, Job, Outbox
+from kimiserve.engines.llamacpp.job import Emit, Item, Job, Outbox
 from kimiserve.engines.llamacpp.model import NativeModel
 from kimiserve.engines.llamacpp.slot import Slot
 from kimiserve.errors import EngineError, EngineOverloaded, KimiserveError, ServiceUnavailable
@@ -38,7 +48,7 @@ MIN_REUSE = 4  # shortest cached prefix worth giving up the lowest free sequence
 
 
 class Scheduler:
-    def __init__(self, model: NativeModel, config: LlamaCppConfig) -> None:
+    def __init__(self, model: NativeModel, config: LlamaCppConfig, emit: Emit) -> None:
         self._model = model
         self._ctx = model.ctx
         self._prompt_chunk = config.prompt_chunk
@@ -50,7 +60,9 @@ class Scheduler:
         self._stopping = False
         self._failure: str | None = None
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
-        self._outbox = Outbox()
+        self._outbox = Outbox(emit)
+        self._jobs: dict[int, Job] = {}
+        self._masks = ThreadPoolExecutor(max_workers=config.mask_threads, thread_name_prefix="grammar-mask")
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
 
     # ---- called from other threads -----------------------------------------------------------
@@ -67,6 +79,10 @@ class Scheduler:
         return len(self._order)
 
     @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
     def failure(self) -> str | None:
         return self._failure
 
@@ -79,10 +95,19 @@ class Scheduler:
                     f"The llama.cpp engine has {self._max_waiting} requests waiting already; retry later."
                 )
             self._waiting.append(job)
+            self._jobs[job.id] = job
             self._cond.notify()
 
-    def cancel(self, job: Job) -> None:
-        job.cancelled = True
+    def cancel(self, job_id: int) -> bool:
+        """Drop a job at the next step; False if the scheduler does not know it (yet, or any more)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.cancelled = True
+                self._cond.notify()
+            return job is not None
+
+    def _wake(self, _future: object = None) -> None:
         with self._cond:
             self._cond.notify()
 
@@ -92,6 +117,7 @@ class Scheduler:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
+        self._masks.shutdown(wait=True, cancel_futures=True)
         if self._batch is not None:
             llama.llama_batch_free(self._batch)
             self._batch = None
@@ -102,14 +128,15 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not self._stopping and not self._waiting and not self._order:
+                    while not self._stopping and not self._waiting and not self._runnable():
                         self._cond.wait()
                     if self._stopping:
                         break
                     self._admit()
                 self._reap()
+                self._unpark()
                 self._step()
-                self._outbox.flush()
+                self._flush()
         except Exception as exc:  # a bug or a native failure: fail every request, stay down
             log.exception("llama.cpp scheduler failed")
             self._failure = f"scheduler failed: {exc!r}"
@@ -123,7 +150,21 @@ class Scheduler:
             for job in waiting:
                 self._outbox.put(job, [closed])
                 job.sampler.free()
-            self._outbox.flush()
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._cond:
+            for job_id in [i for i, job in self._jobs.items() if job.done]:
+                del self._jobs[job_id]
+            waiting = len(self._waiting)
+        self._outbox.flush(len(self._order), waiting)
+
+    def _runnable(self) -> bool:
+        """A slot can make progress now (not only parked ones waiting for their masks)."""
+        return any(
+            s.job is not None and (s.job.cancelled or not s.waiting_for_mask or _ready(s.mask))
+            for s in self._order
+        )
 
     def _admit(self) -> None:
         while self._waiting:
@@ -131,24 +172,27 @@ class Scheduler:
             if job.cancelled:
                 self._waiting.popleft()
                 job.sampler.free()
+                job.done = True
                 continue
-            slot = self._pick(job.prompt)
+            slot = self._pick(job)
             if slot is None:
                 return
             self._waiting.popleft()
-            slot.assign(job, self._memory_keep(slot, job.prompt))
+            slot.assign(job, self._memory_keep(slot, job))
             self._order.append(slot)
+            self._start_mask(slot)  # computed while the prompt is evaluated
 
-    def _pick(self, prompt: list[int]) -> Slot | None:
+    def _pick(self, job: Job) -> Slot | None:
         free = [s for s in self._slots if s.job is None]
         if not free:
             return None
-        best = max(free, key=lambda s: (s.common_prefix(prompt), -s.seq))
-        return best if best.common_prefix(prompt) >= MIN_REUSE else free[0]
+        best = max(free, key=lambda s: (s.common_prefix(job.prompt, job.scope), -s.seq))
+        return best if best.common_prefix(job.prompt, job.scope) >= MIN_REUSE else free[0]
 
-    def _memory_keep(self, slot: Slot, prompt: list[int]) -> int:
+    def _memory_keep(self, slot: Slot, job: Job) -> int:
         """Cut the slot's KV to the reusable prompt prefix; return how many tokens remain."""
-        keep = slot.common_prefix(prompt)
+        prompt = job.prompt
+        keep = slot.common_prefix(prompt, job.scope)
         if 0 < len(prompt) - keep < 2 or keep == len(prompt):
             keep = max(0, len(prompt) - 2)  # evaluate at least two tokens (see module doc)
         llama.llama_memory_seq_rm(self._model.memory, slot.seq, keep, -1)
@@ -184,8 +228,57 @@ class Scheduler:
         self._outbox.put(job, items)
         self._release(slot)
 
+    def _start_mask(self, slot: Slot) -> None:
+        assert slot.job is not None
+        sampler = slot.job.sampler
+        if sampler.needs_mask:
+            slot.mask = self._masks.submit(sampler.compute_mask)
+            slot.mask.add_done_callback(self._wake)
+        else:
+            slot.mask = None
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        """Sample the token for output `index` of the last decode, or park the logits row if the
+        sequence's grammar mask is not ready yet (see the module doc)."""
+        assert slot.job is not None
+        sampler = slot.job.sampler
+        if not sampler.constrained:
+            self._accept(slot, slot.sampler_sample(self._ctx, index))
+            return
+        row = np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
+        )
+        if slot.mask is not None and not slot.mask.done():
+            slot.parked = row.copy()
+            return
+        self._sample_constrained(slot, row)
+
+    def _sample_constrained(self, slot: Slot, row: npt.NDArray[np.float32]) -> None:
+        job = slot.job
+        assert job is not None
+        try:
+            if slot.mask is not None:
+                slot.mask.result()
+            max_tokens = job.sampling.max_tokens
+            remaining = None if max_tokens is None else max_tokens - slot.generated
+            token = job.sampler.sample_logits(row, remaining)
+        except EngineError as exc:
+            self._release(slot, error=exc)
+            return
+        self._accept(slot, token)
+        if slot.job is job:  # still generating: the mask for the next token, beside the decode
+            self._start_mask(slot)
+
+    def _unpark(self) -> None:
+        for slot in [s for s in self._order if s.parked is not None and _ready(s.mask)]:
+            row, slot.parked = slot.parked, None
+            assert row is not None
+            self._sample_constrained(slot, row)
+
     def _step(self) -> None:
-        generating = sorted((s for s in self._order if s.generating), key=lambda s: s.seq)
+        generating = sorted(
+            (s for s in self._order if s.generating and s.parked is None), key=lambda s: s.seq
+        )
         if generating:
             self._decode_step(generating)
         budget = self._prompt_chunk
@@ -209,7 +302,7 @@ class Scheduler:
             return
         for i, slot in enumerate(slots):
             slot.n_past += 1
-            self._accept(slot, slot.sampler_sample(self._ctx, i))
+            self._sample(slot, i)
 
     def _prefill(self, slot: Slot, take: int) -> None:
         batch = self._batch
@@ -231,7 +324,7 @@ class Scheduler:
         slot.cacheable = slot.n_past
         if last:
             slot.generating = True
-            self._accept(slot, slot.sampler_sample(self._ctx, take - 1))
+            self._sample(slot, take - 1)
 
     def _decode(self, slots: list[Slot]) -> bool:
         rc = llama.llama_decode(self._ctx, self._batch)
@@ -260,8 +353,16 @@ class Scheduler:
         max_tokens = job.sampling.max_tokens
         if slot.text.stopped:
             self._finish(slot, "stop", items)
-        elif (max_tokens is not None and slot.generated >= max_tokens) or self._context_full(slot):
+        elif (
+            (max_tokens is not None and slot.generated >= max_tokens)
+            or self._context_full(slot)
+            or job.sampler.closed
+        ):
             self._finish(slot, "length", items)
         else:
             slot.last_token = token
             self._outbox.put(job, items)
+
+
+def _ready(future: Future[None] | None) -> bool:
+    return future is None or future.done()

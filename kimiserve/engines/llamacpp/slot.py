@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import Future
+
+import numpy as np
+import numpy.typing as npt
 
 from kimiserve.engines.llamacpp.job import Job
 from kimiserve.engines.llamacpp.stops import TextStream
@@ -13,6 +17,7 @@ class Slot:
         self.seq = seq
         self.job: Job | None = None
         self.cached: list[int] = []  # prompt tokens whose KV is kept in this stream
+        self.cached_scope: str | None = None  # the cache_scope those tokens came from
         self.prompt: list[int] = []
         self.n_past = 0  # tokens of this sequence in the KV cache
         self.cacheable = 0  # leading prompt tokens evaluated by prefill (kept after the end)
@@ -21,17 +26,22 @@ class Slot:
         self.generated = 0
         self.last_token = -1
         self.text = TextStream()
+        self.mask: Future[None] | None = None  # the grammar mask being computed for the next token
+        self.parked: npt.NDArray[np.float32] | None = None  # logits waiting for that mask
 
     def clear(self) -> None:
         """Back to idle; `cached` (the prefix cache) is kept unless `forget()` is called."""
         if self.job is not None:
             self.cached = self.job.prompt[: self.cacheable]
+            self.cached_scope = self.job.scope
         self.job = None
         self.prompt = []
         self.n_past = self.cacheable = self.reused = self.generated = 0
         self.generating = False
         self.last_token = -1
         self.text = TextStream()
+        self.mask = None
+        self.parked = None
 
     def forget(self) -> None:
         self.cacheable = 0
@@ -49,13 +59,20 @@ class Slot:
         self.generated = 0
         self.text = TextStream(job.sampling.stop)
 
-    def common_prefix(self, prompt: list[int]) -> int:
+    def common_prefix(self, prompt: list[int], scope: str | None) -> int:
+        """Prompt tokens this slot's cache can give a request of `scope` (0 for another scope)."""
+        if scope != self.cached_scope:
+            return 0
         n = 0
         for a, b in zip(self.cached, prompt, strict=False):
             if a != b:
                 break
             n += 1
         return n
+
+    @property
+    def waiting_for_mask(self) -> bool:
+        return self.parked is not None
 
     def next_chunk(self, budget: int) -> int:
         """Prompt tokens to evaluate now: never one alone past position 0, nor one left over."""

@@ -1,0 +1,120 @@
+"""The engine core: the loaded model, its chat template, grammars and the batching scheduler.
+
+Everything native lives here; `LlamaCppEngine` runs one core either in a supervised worker
+process (the default, `worker.py`) or in its own process (`isolated=False`, for benchmarks of
+the boundary). Both speak to it with the same calls:
+
+- `check(request)`: everything a request needs, without running it (prompt tokens, context
+  length, the grammar compiled through the cache); raises `InvalidRequest`/`GrammarError`.
+- `submit(job_id, request)`: check, then queue; the job's events come out of `emit` (one call
+  per scheduler step for all jobs) and a refusal comes out there too, as the job's only item.
+- `cancel(job_id)`, `close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from llguidance.llamacpp import lltokenizer_from_vocab
+
+from kimiserve.domain.types import Finished, GenerationRequest, Usage
+from kimiserve.engines.llamacpp.config import LlamaCppConfig
+from kimiserve.engines.llamacpp.grammar import GrammarCache
+from kimiserve.engines.llamacpp.job import Emit, Job
+from kimiserve.engines.llamacpp.model import NativeModel
+from kimiserve.engines.llamacpp.sampling import SamplerChain
+from kimiserve.engines.llamacpp.scheduler import Scheduler
+from kimiserve.engines.llamacpp.template import ChatTemplate
+from kimiserve.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    KimiserveError,
+    UnsupportedFeature,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    def __init__(self, config: LlamaCppConfig, emit: Emit) -> None:
+        self.config = config
+        self._emit = emit
+        self.model = NativeModel(config)
+        try:
+            self.template = ChatTemplate(
+                self.model.chat_template, bos_token=self.model.bos_text, eos_token=self.model.eos_text
+            )
+            tokenizer = lltokenizer_from_vocab(
+                self.model.vocab, eos_token=sorted(self.model.eog_tokens) or None
+            )
+            self.grammars = GrammarCache(
+                tokenizer, budget_s=config.grammar_budget_s, size=config.grammar_cache
+            )
+            self.scheduler = Scheduler(self.model, config, emit)
+            self.scheduler.start()
+            self._cancelled_early: set[int] = set()  # cancelled before their submit was handled
+        except BaseException:
+            self.model.close()
+            raise
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return self.model.n_ctx_seq
+
+    def tokenize(self, request: GenerationRequest) -> list[int]:
+        """The prompt tokens a request's messages render to with the model's chat template."""
+        return self.model.tokenize(self.template.render(request.messages, request.tools))
+
+    def check(self, request: GenerationRequest) -> list[int]:
+        """Validate a request and compile its grammar (cached); return its prompt tokens."""
+        if request.images:
+            raise UnsupportedFeature("This model does not accept images.", parameter="images")
+        if request.videos:
+            raise UnsupportedFeature("This model does not accept videos.", parameter="videos")
+        prompt = self.tokenize(request)
+        if not prompt:
+            raise InvalidRequest("The messages render to an empty prompt.", parameter="messages")
+        limit = self.model.n_ctx_seq
+        if len(prompt) >= limit:
+            raise ContextLengthExceeded(
+                f"The prompt is {len(prompt)} tokens; this model's context is {limit} tokens.",
+                parameter="messages",
+            )
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is not None and len(prompt) + max_tokens > limit:
+            raise ContextLengthExceeded(
+                f"The prompt ({len(prompt)} tokens) plus maxTokens ({max_tokens}) exceed this model's "
+                f"context of {limit} tokens; at most {limit - len(prompt)} tokens can be generated.",
+                parameter="max_tokens",
+            )
+        self.grammars.get(request.constraint)
+        return prompt
+
+    def submit(self, job_id: int, request: GenerationRequest) -> None:
+        """Queue a request; a refusal is emitted as the job's only item."""
+        try:
+            prompt = self.check(request)
+            sampling = request.sampling
+            if sampling.max_tokens is not None and sampling.max_tokens <= 0:
+                self._emit([(job_id, [Usage(len(prompt), 0), Finished("length")])], -1, -1)
+                return
+            if job_id in self._cancelled_early:
+                self._cancelled_early.discard(job_id)
+                return
+            sampler = SamplerChain(self.model, sampling, self.grammars.get(request.constraint))
+            job = Job(job_id, prompt, sampling, sampler, request.cache_scope)
+            self.scheduler.submit(job)
+            if job_id in self._cancelled_early:  # the cancel overtook this submit
+                self._cancelled_early.discard(job_id)
+                self.scheduler.cancel(job_id)
+        except KimiserveError as exc:
+            self._emit([(job_id, [exc])], -1, -1)
+
+    def cancel(self, job_id: int) -> None:
+        if not self.scheduler.cancel(job_id) and len(self._cancelled_early) < 10_000:
+            self._cancelled_early.add(job_id)
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.grammars.close()
+        self.model.close()
