@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
@@ -21,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("kimiserve.access")
 
 HEADER = "x-request-id"
+# The request being served, for error renderers that are not handed the request; tasks started
+# while serving it (async work, webhooks) inherit it, as asyncio copies the context.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -48,6 +52,7 @@ class RequestIdMiddleware:
         incoming = dict(scope.get("headers") or []).get(HEADER.encode(), b"").decode("latin-1")
         rid = incoming if _CLIENT_ID.fullmatch(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
+        token = current_request_id.set(rid)
         started = time.monotonic()
         status = 0
 
@@ -63,6 +68,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            current_request_id.reset(token)
             log.info(
                 "%s %s %s %.1fms %s",
                 scope.get("method", "WS"),

@@ -99,7 +99,11 @@ def test_one_request_id_per_response(server: InProcess) -> None:
         f"{server.base_url}/v1/chat/completions", json={}, headers={"Authorization": "Bearer x"}
     )
     rid = reply.headers["x-request-id"]
-    assert rid.startswith("chatcmpl-") or rid.startswith("req_")
+    assert rid.startswith("req_") and reply.json()["error"]["request_id"] == rid
+    task = httpx.post(
+        f"{server.base_url}/v1", json=[{"taskType": "nope"}], headers={"Authorization": "Bearer x"}
+    )
+    assert task.json()["errors"][0]["requestId"] == task.headers["x-request-id"]
     health = httpx.get(f"{server.base_url}/health")
     assert health.headers["x-request-id"].startswith("req_")
     mine = httpx.get(f"{server.base_url}/health", headers={"x-request-id": "trace-123"})

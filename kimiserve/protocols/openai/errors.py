@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError, RateLimited
 from kimiserve.http.body import InvalidText
 from kimiserve.http.encoding import SafeJSONResponse
+from kimiserve.http.request_id import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,11 @@ def render(
 
 
 def _body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    error: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code}
+    request_id = current_request_id.get()
+    if request_id is not None:
+        error["request_id"] = request_id  # the x-request-id header's id, inside the error too
+    return {"error": error}
 
 
 def error_response(

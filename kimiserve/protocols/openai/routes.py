@@ -52,7 +52,10 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     # One id scheme: the completion id is the request id's, as `chatcmpl-<hex>`.
-    request_id = "chatcmpl-" + request_id_of(request).removeprefix("req_")
+    # One id scheme: errors and the x-request-id header carry the request id (`req_<hex>`); the
+    # completion (and its usage rows) is `chatcmpl-<the same hex>`.
+    request_id = request_id_of(request)
+    completion_id = "chatcmpl-" + request_id.removeprefix("req_")
     names: dict[str, str] = {}
     pipeline = services.pipeline
     try:
@@ -63,9 +66,9 @@ async def chat_completions(request: Request) -> Response:
         model = pipeline.model(principal, chat.model)
         base = translate.to_generation_request(chat, model)
         admission = await pipeline.admit(
-            principal, model, base, n=chat.n or 1, seed=chat.seed, protocol=PROTOCOL, request_id=request_id
+            principal, model, base, n=chat.n or 1, seed=chat.seed, protocol=PROTOCOL, request_id=completion_id
         )
-        reply = translate.Reply.start(request_id, chat.model)
+        reply = translate.Reply.start(completion_id, chat.model)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return await open_stream(services, admission, reply, include_usage=include_usage, names=names)
@@ -81,7 +84,7 @@ async def chat_completions(request: Request) -> Response:
     services.metrics.request(PROTOCOL, "chat.completion", "success")
     return JSONResponse(
         translate.completion(reply, results),
-        headers={"x-request-id": request_id, **rate_limit_headers(admission)},
+        headers=rate_limit_headers(admission),
     )
 
 

@@ -21,6 +21,7 @@ from kimiserve.domain.pipeline import Admission
 from kimiserve.domain.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent, Usage
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
+from kimiserve.http.request_id import current_request_id
 from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
@@ -93,7 +94,6 @@ async def open_stream(
         headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            "x-request-id": reply.id,
             **rate_limit_headers(admission),
         },
     )
@@ -155,7 +155,7 @@ async def _frames(
         yield frame("[DONE]")
     except Exception as exc:
         outcome.status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
-        _, body = render(exc, reply.id, names)
+        _, body = render(exc, current_request_id.get() or reply.id, names)
         yield frame(body)
         yield frame("[DONE]")
     finally:

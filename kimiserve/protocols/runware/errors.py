@@ -9,6 +9,7 @@ from typing import Any
 
 from kimiserve.errors import InvalidRequest, KimiserveError, RateLimited
 from kimiserve.http.body import InvalidText
+from kimiserve.http.request_id import current_request_id
 from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ def error_item(exc: BaseException, *, task_type: str | None, task_uuid: str | No
     if task_uuid is not None:
         item["taskUUID"] = task_uuid
     item["documentation"] = DOCS
+    request_id = current_request_id.get()
+    if request_id is not None:
+        item["requestId"] = request_id
     return item
 
 

@@ -59,7 +59,7 @@ async def test_stream_dying_midway_reports_in_band(probe: InProcess, oa: AsyncOp
         async for chunk in stream:
             text += chunk.choices[0].delta.content or "" if chunk.choices else ""
     assert text.startswith("echo[")
-    assert "request id chatcmpl-" in info.value.message
+    assert "request id req_" in info.value.message
 
 
 async def test_failure_before_the_first_event_is_an_http_error(probe: InProcess, oa: AsyncOpenAI) -> None:

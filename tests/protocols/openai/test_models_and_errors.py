@@ -154,4 +154,4 @@ def test_body_not_json(server: ServerProcess, api_key: str) -> None:
     )
     assert reply.status_code == 400
     assert reply.json()["error"]["type"] == "invalid_request_error"
-    assert reply.headers["x-request-id"].startswith("chatcmpl-")
+    assert reply.headers["x-request-id"].startswith("req_")
