@@ -224,7 +224,9 @@ OPENAI_FIELDS: list[tuple[str, dict[str, Any], str | None]] = [
 def assert_openai_refused(seen: Seen, param: str | None, status: int = 400) -> dict[str, Any]:
     assert seen.status == status, seen
     [body] = seen.frames
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    # OpenAI's four fields, plus the request id (the same as the x-request-id header)
+    assert set(body["error"]) == {"message", "type", "param", "code", "request_id"}, body
+    assert body["error"]["request_id"].startswith("req_"), body
     if param is not None:
         assert body["error"]["param"] == param, body
     return dict(body["error"])
