@@ -52,6 +52,8 @@ class Standin:
         self.reasoning_field = reasoning_field
         self.requests: list[dict[str, Any]] = []
         self.seen_prefixes: set[tuple[str, str]] = set()
+        self.completed = 0
+        self.cancelled = 0  # streams whose client went away before the end (vLLM aborts those)
 
     def app(self) -> Starlette:
         return Starlette(
@@ -77,7 +79,14 @@ class Standin:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def stats(self, _: Request) -> JSONResponse:
-        return JSONResponse({"name": self.name, "requests": self.requests})
+        return JSONResponse(
+            {
+                "name": self.name,
+                "requests": self.requests,
+                "completed": self.completed,
+                "cancelled": self.cancelled,
+            }
+        )
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -89,7 +98,22 @@ class Standin:
             return error(400, "temperature must be in [0, 2], got 7.0.", "BadRequestError", "temperature")
         if "#error500" in text:
             return error(500, "EngineCore encountered an issue.", "InternalServerError")
-        return StreamingResponse(self.stream(body, messages, last, text), media_type="text/event-stream")
+        return StreamingResponse(
+            self.counted(request, self.stream(body, messages, last, text)), media_type="text/event-stream"
+        )
+
+    async def counted(self, request: Request, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Stops generating when the client goes away, as vLLM aborts a disconnected request."""
+        try:
+            async for data in chunks:
+                if await request.is_disconnected():
+                    self.cancelled += 1
+                    return
+                yield data
+            self.completed += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
 
     async def stream(
         self, body: dict[str, Any], messages: list[dict[str, Any]], last: dict[str, Any], text: str
