@@ -93,18 +93,20 @@ def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict
         "messages": wire_messages,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": s.temperature,
-        "top_p": s.top_p,
         "seed": s.seed,
     }
+    if dialect != "moonshot":
+        # Moonshot's hosted API locks temperature, top_p and the penalties for K2.6 (KIMI_K2.md).
+        body["temperature"] = s.temperature
+        body["top_p"] = s.top_p
+        if s.frequency_penalty:
+            body["frequency_penalty"] = s.frequency_penalty
+        if s.presence_penalty:
+            body["presence_penalty"] = s.presence_penalty
     if s.max_tokens is not None:
         body["max_tokens"] = s.max_tokens
     if s.stop:
         body["stop"] = list(s.stop)
-    if s.frequency_penalty:
-        body["frequency_penalty"] = s.frequency_penalty
-    if s.presence_penalty:
-        body["presence_penalty"] = s.presence_penalty
     if dialect in ("vllm", "sglang", "openai"):
         # Sampler extensions vLLM, SGLang and llama-server take; hosted APIs reject or lock them.
         if s.top_k:

@@ -49,6 +49,7 @@ def test_moonshot_takes_thinking_as_its_own_field() -> None:
     assert body["thinking"] == {"type": "enabled"} and "chat_template_kwargs" not in body
     body, _ = build_body(ask("hi"), config("http://x/v1", dialect="moonshot"))
     assert body["thinking"] == {"type": "disabled"} and "cache_salt" not in body
+    assert "temperature" not in body and "top_p" not in body  # locked by Moonshot's API
 
 
 async def test_body_is_streamed_with_usage_and_carries_sampling_and_cache_fields(
