@@ -132,22 +132,39 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
 
 
 def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRegistry:
-    kimi_price = Price.from_usd(
-        settings.price_input_per_million,
-        settings.price_output_per_million,
-        settings.price_cached_per_million,
-    )
+    """The served models: those of the models file (when set) first, then the embedded model under
+    its own id; the embedded model answers for Kimi K2.6's names only when no file model takes them."""
     embedded = ServedModel(id=model_id, aliases=(), engine=engine, price=FREE)
-    # No Kimi engine is configured: the embedded model answers for Kimi K2.6, said plainly.
-    kimi = ServedModel(
-        id=KIMI_ID,
-        aliases=KIMI_ALIASES,
-        engine=engine,
-        price=kimi_price,
-        owned_by="moonshotai",
-        stand_in_for=model_id,
-    )
-    return ModelRegistry([kimi, embedded])
+    served: list[ServedModel] = []
+    if settings.models_file is not None:
+        from kimiserve.config import models_file
+
+        for built in models_file.build(models_file.load(settings.models_file)):
+            entry = built.entry
+            price = Price.from_usd(entry.price.input, entry.price.output, entry.price.cached)
+            served.append(ServedModel(entry.id, entry.aliases, built.engine, price, owned_by=entry.owned_by))
+            log.info("serving %s from %s", entry.id, ", ".join(u.url for u in entry.upstreams))
+    taken = {name for model in served for name in model.names}
+    if KIMI_ID not in taken and not taken.intersection(KIMI_ALIASES):
+        # No Kimi engine is configured: the embedded model answers for Kimi K2.6, said plainly.
+        kimi_price = Price.from_usd(
+            settings.price_input_per_million,
+            settings.price_output_per_million,
+            settings.price_cached_per_million,
+        )
+        served.append(
+            ServedModel(
+                id=KIMI_ID,
+                aliases=KIMI_ALIASES,
+                engine=engine,
+                price=kimi_price,
+                owned_by="moonshotai",
+                stand_in_for=model_id,
+            )
+        )
+    if model_id not in taken:
+        served.append(embedded)
+    return ModelRegistry(served)
 
 
 def build_fetcher(settings: Settings) -> SafeFetcher:

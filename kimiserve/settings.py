@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Embedded engine: run llama.cpp in a supervised worker process, so a native "
         "crash fails the requests in flight and restarts the worker instead of killing the server.",
     )
+    models_file: Path | None = Field(
+        None,
+        description="TOML file of served models backed by upstream engines (vLLM, SGLang, hosted APIs); "
+        "see docs/deploy-kimi-k2.6.md. Without it the embedded model serves every model name.",
+    )
     price_input_per_million: float = Field(0.48, description="USD per 1M input tokens (Kimi K2.6).")
     price_output_per_million: float = Field(2.00, description="USD per 1M output tokens (Kimi K2.6).")
     price_cached_per_million: float = Field(0.08, description="USD per 1M cached input tokens.")

@@ -20,6 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "data_dir": getattr(args, "data_dir", None),
+            "models_file": getattr(args, "models_file", None),
         }.items()
         if v is not None
     }
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("--account", default="default", help="account name (default: default)")
     _add_data_dir(secret)
+    models = sub.add_parser("models", help="served models and their upstreams")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    check = models_sub.add_parser("check", help="validate the models file and probe every upstream")
+    check.add_argument("--models-file", type=Path, help="TOML models file (default $KIMISERVE_MODELS_FILE)")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -102,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
-    from kimiserve.cli import accounts, keys
+    from kimiserve.cli import accounts, keys, models
 
-    command = accounts.run if args.command == "accounts" else keys.run
+    command = {"accounts": accounts.run, "keys": keys.run, "models": models.run}[args.command]
     try:
         return asyncio.run(command(settings, args))
     except KimiserveError as exc:

@@ -1,0 +1,1 @@
+"""Configuration files kimiserve reads at start (beyond the Settings object)."""

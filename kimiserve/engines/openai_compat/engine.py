@@ -1,0 +1,195 @@
+"""UpstreamEngine: one OpenAI-compatible upstream behind the engine seam.
+
+Always streams (`stream: true` + `stream_options.include_usage`), so time to first token is the
+upstream's and a consumer that stops iterating closes the HTTP stream, which vLLM and SGLang take
+as the request's cancellation. One pooled httpx client per upstream: keep-alive, at most
+`max_concurrency` connections, connect and read (between chunks) timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from kimiserve.domain.types import (
+    Event,
+    Finished,
+    GenerationRequest,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from kimiserve.engines.base import Capabilities, Health
+from kimiserve.engines.openai_compat import errors, tools
+from kimiserve.engines.openai_compat.config import UpstreamConfig
+from kimiserve.engines.openai_compat.stream import ChunkReader, sse_data
+from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
+from kimiserve.errors import EngineError, UnsupportedFeature
+
+log = logging.getLogger(__name__)
+
+REASK = (
+    "Error: {problem}. Nothing was run. Call the tool again with arguments that are a JSON object "
+    "matching its parameters schema."
+)
+
+
+class UpstreamEngine:
+    def __init__(
+        self, config: UpstreamConfig, *, api_key: str | None = None, name: str | None = None
+    ) -> None:
+        self.config = config
+        self.name = name or f"upstream:{config.label}"
+        self.capabilities = Capabilities(
+            context_length=config.context_length,
+            thinking="native" if config.dialect != "openai" else "none",
+            tools="native",
+            vision=config.vision,
+            max_concurrency=config.max_concurrency,
+        )
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout_s,
+                read=config.read_timeout_s,
+                write=config.connect_timeout_s,
+                pool=config.read_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_concurrency,
+                max_keepalive_connections=config.max_concurrency,
+                keepalive_expiry=30.0,
+            ),
+        )
+
+    async def check(self, request: GenerationRequest) -> int | None:
+        """What can be known without asking: media support. The prompt is bounded by the pipeline."""
+        if not self.config.vision and request.images:
+            raise UnsupportedFeature("This model does not accept images.", parameter="images")
+        if not self.config.vision and request.videos:
+            raise UnsupportedFeature("This model does not accept videos.", parameter="videos")
+        return None
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+        await self.check(request)
+        body, ids = build_body(request, self.config)
+        first = ChunkReader()
+        async for event in self._stream(body, first):
+            yield event
+        calls = self._client_ids(first.tool_calls(), ids)
+        usage = first.usage or Usage(0, first.produced)
+        bad = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
+        if bad:
+            log.warning(
+                "upstream %s made %d invalid tool call(s); re-asking once", self.config.label, len(bad)
+            )
+            second = ChunkReader()
+            async for _ in self._stream(self._reask_body(body, bad, ids), second):
+                pass  # the text of a re-ask is not part of the answer: only its calls are taken
+            calls = self._client_ids(second.tool_calls(), ids)
+            retry = second.usage or Usage(0, second.produced)
+            usage = Usage(
+                usage.prompt_tokens + retry.prompt_tokens,
+                usage.completion_tokens + retry.completion_tokens,
+                usage.cached_tokens + retry.cached_tokens,
+                usage.reasoning_tokens + retry.reasoning_tokens,
+            )
+            still = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
+            if still or not calls:
+                problem = still[0][1] if still else "the model made no call when asked again"
+                raise EngineError(
+                    f"The model's tool call was invalid twice: {problem}.", code="invalidToolCall"
+                )
+        for call in calls:
+            yield ToolCallEvent(call)
+        yield usage
+        yield Finished("tool_calls" if calls else first.finish_reason())
+
+    async def _stream(self, body: dict[str, Any], reader: ChunkReader) -> AsyncGenerator[Event, None]:
+        """POST one streamed request; yield its text and reasoning, leave the rest in `reader`."""
+        label = self.config.label
+        started = False
+        try:
+            async with self._client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    raise errors.from_status(response.status_code, await response.aread(), label)
+                started = True
+                async for data in sse_data(response.aiter_lines()):
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise errors.UpstreamBroken(
+                            f"The upstream {label} sent a chunk that is not JSON."
+                        ) from None
+                    if not isinstance(chunk, dict):
+                        raise errors.UpstreamBroken(
+                            f"The upstream {label} sent a chunk that is not an object."
+                        )
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise errors.from_stream_error(chunk, label)
+                    for event in reader.feed(chunk):
+                        yield event
+        except httpx.TransportError as exc:
+            raise errors.from_transport(exc, label, streaming=started) from None
+        if reader.finish is None:
+            raise errors.UpstreamBroken(f"The upstream {label} ended the stream without finishing it.")
+
+    def _client_ids(self, calls: list[ToolCall], ids: IdMap) -> list[ToolCall]:
+        """Calls as the client sees them: an id the upstream left out becomes `functions.name:idx`;
+        an id from the (renamed) history maps back to the client's own."""
+        out = []
+        for i, call in enumerate(calls):
+            wire = call.id or kimi_id(call.name, ids.count + i)
+            out.append(replace(call, id=ids.client.get(wire, wire)))
+        return out
+
+    def _reask_body(
+        self, body: dict[str, Any], bad: list[tuple[ToolCall, str]], ids: IdMap
+    ) -> dict[str, Any]:
+        wire_ids = [kimi_id(c.name, ids.count + i) for i, (c, _) in enumerate(bad)]
+        assistant = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": w, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for w, (c, _) in zip(wire_ids, bad, strict=True)
+            ],
+        }
+        results = [
+            {"role": "tool", "tool_call_id": w, "content": REASK.format(problem=p)}
+            for w, (_, p) in zip(wire_ids, bad, strict=True)
+        ]
+        return {**body, "messages": [*body["messages"], assistant, *results]}
+
+    async def health(self) -> Health:
+        started = time.monotonic()
+        try:
+            response = await self._client.get("/models", timeout=5.0)
+        except httpx.HTTPError as exc:
+            return Health(ok=False, detail=f"{type(exc).__name__}")
+        ms = (time.monotonic() - started) * 1000
+        if response.status_code != 200:
+            return Health(ok=False, detail=f"HTTP {response.status_code}")
+        return Health(ok=True, detail=f"{ms:.0f} ms")
+
+    async def models(self) -> list[str]:
+        """The model ids the upstream lists (`GET /models`); raises the mapped error."""
+        try:
+            response = await self._client.get("/models", timeout=10.0)
+        except httpx.TransportError as exc:
+            raise errors.from_transport(exc, self.config.label, streaming=False) from None
+        if response.status_code >= 400:
+            raise errors.from_status(response.status_code, response.content, self.config.label)
+        data = response.json().get("data") or []
+        return [str(m.get("id")) for m in data if isinstance(m, dict)]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

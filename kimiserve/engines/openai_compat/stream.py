@@ -1,0 +1,120 @@
+"""Streamed chat-completion chunks → kimiserve events.
+
+Reads what vLLM, SGLang, llama-server and hosted APIs send: reasoning as `reasoning_content`
+(Moonshot, SGLang, older vLLM) or `reasoning` (vLLM after PR 27752); tool calls as deltas keyed
+by `index` (the id and name in the first, the arguments split over the rest); usage in the last
+chunk (`stream_options.include_usage`) with `prompt_tokens_details.cached_tokens` and
+`completion_tokens_details.reasoning_tokens`. Tool calls are held until the stream ends, so they
+can be validated whole before anything of them reaches the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimiserve.domain.types import (
+    Event,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+
+FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "abort": "cancelled",
+}
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The `data:` payloads of an SSE stream, up to `[DONE]` (comments and other fields skipped)."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        if data:
+            yield data
+
+
+@dataclass
+class _PendingCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def usage_of(raw: dict[str, Any]) -> Usage:
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    cached = _int(prompt_details.get("cached_tokens")) or _int(raw.get("cached_tokens"))  # Moonshot v1
+    return Usage(
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        cached_tokens=cached,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+@dataclass
+class ChunkReader:
+    """Feed it chunks (parsed JSON) in order; it returns the events to yield now and keeps the
+    tool calls, the finish reason and the usage for the end."""
+
+    calls: dict[int, _PendingCall] = field(default_factory=dict)
+    finish: str | None = None
+    usage: Usage | None = None
+    produced: int = 0  # text/reasoning deltas seen (a stand-in count when usage never comes)
+
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = usage_of(chunk["usage"])
+        events: list[Event] = []
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning:
+                events.append(ReasoningDelta(str(reasoning)))
+            content = delta.get("content")
+            if content:
+                events.append(TextDelta(str(content)))
+            for part in delta.get("tool_calls") or ():
+                self._call_delta(part)
+            if choice.get("finish_reason"):
+                self.finish = str(choice["finish_reason"])
+        self.produced += len(events)
+        return events
+
+    def _call_delta(self, part: dict[str, Any]) -> None:
+        index = _int(part.get("index", len(self.calls)))
+        pending = self.calls.setdefault(index, _PendingCall())
+        if part.get("id"):
+            pending.id = str(part["id"])
+        function = part.get("function") or {}
+        if function.get("name"):
+            pending.name = str(function["name"])
+        if function.get("arguments"):
+            pending.arguments.append(str(function["arguments"]))
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments) or "{}")
+            for _, p in sorted(self.calls.items())
+        ]
+
+    def finish_reason(self) -> FinishReason:
+        if self.calls:
+            return "tool_calls"  # engines differ: `tool_calls`, or a `stop` that carries calls
+        return FINISH.get(self.finish or "", "unknown")

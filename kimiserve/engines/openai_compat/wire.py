@@ -1,0 +1,135 @@
+"""GenerationRequest → an OpenAI chat-completions body, in the upstream's dialect.
+
+The Kimi quirks live here, not in a protocol module:
+- thinking on/off: `chat_template_kwargs: {"thinking": bool}` (vLLM, SGLang) or
+  `thinking: {"type": "enabled" | "disabled"}` (Moonshot's API);
+- tool-call ids in history renamed `functions.{name}:{idx}` (Moonshot's K2 Vendor Verifier: ids of
+  another shape break the chat template's parsing), tool results renamed with them;
+- `cache_salt` (vLLM) = the request's cache scope, so one account's prefix cache is never
+  another's; `prompt_cache_key` forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimiserve.domain.types import GenerationRequest, Message
+from kimiserve.engines.openai_compat.config import UpstreamConfig
+
+
+def kimi_id(name: str, index: int) -> str:
+    return f"functions.{name}:{index}"
+
+
+@dataclass
+class IdMap:
+    """Client tool-call ids ↔ the `functions.name:idx` ids sent upstream."""
+
+    upstream: dict[str, str] = field(default_factory=dict)  # client id → upstream id
+    client: dict[str, str] = field(default_factory=dict)  # upstream id → client id
+    count: int = 0  # tool calls so far in the conversation: the next call's index
+
+    def add(self, client_id: str, name: str) -> str:
+        wire = kimi_id(name, self.count)
+        self.count += 1
+        self.upstream[client_id] = wire
+        self.client[wire] = client_id
+        return wire
+
+
+def _message(message: Message, ids: IdMap, normalise: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": ids.add(c.id, c.name) if normalise else c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in message.tool_calls
+        ]
+        if not message.content:
+            out["content"] = None
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = ids.upstream.get(message.tool_call_id, message.tool_call_id)
+    return out
+
+
+def messages(request: GenerationRequest, normalise: bool) -> tuple[list[dict[str, Any]], IdMap]:
+    ids = IdMap()
+    return [_message(m, ids, normalise) for m in request.messages], ids
+
+
+def _tools(request: GenerationRequest) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": json.loads(t.parameters or "{}"),
+            },
+        }
+        for t in request.tools
+    ]
+
+
+def _tool_choice(request: GenerationRequest) -> str | dict[str, Any]:
+    choice = request.tool_choice
+    if choice.mode == "named" and choice.name:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode if choice.mode != "named" else "auto"
+
+
+def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict[str, Any], IdMap]:
+    """The body to POST, and the id map to translate the answer's ids back."""
+    dialect = config.dialect
+    wire_messages, ids = messages(request, normalise=dialect != "openai")
+    s = request.sampling
+    body: dict[str, Any] = {
+        "model": config.model,
+        "messages": wire_messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "seed": s.seed,
+    }
+    if dialect != "moonshot":
+        # Moonshot's hosted API locks temperature, top_p and the penalties for K2.6 (KIMI_K2.md).
+        body["temperature"] = s.temperature
+        body["top_p"] = s.top_p
+        if s.frequency_penalty:
+            body["frequency_penalty"] = s.frequency_penalty
+        if s.presence_penalty:
+            body["presence_penalty"] = s.presence_penalty
+    if s.max_tokens is not None:
+        body["max_tokens"] = s.max_tokens
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if dialect in ("vllm", "sglang", "openai"):
+        # Sampler extensions vLLM, SGLang and llama-server take; hosted APIs reject or lock them.
+        if s.top_k:
+            body["top_k"] = s.top_k
+        if s.min_p:
+            body["min_p"] = s.min_p
+        if s.repetition_penalty != 1.0:
+            body["repetition_penalty"] = s.repetition_penalty
+    if request.constraint is not None and request.constraint.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(request.constraint.json_schema)},
+        }
+    if request.tools:
+        body["tools"] = _tools(request)
+        body["tool_choice"] = _tool_choice(request)
+    thinking = request.thinking != "none"
+    if dialect in ("vllm", "sglang"):
+        body["chat_template_kwargs"] = {"thinking": thinking}
+    elif dialect == "moonshot":
+        body["thinking"] = {"type": "enabled" if thinking else "disabled"}
+    if request.prompt_cache_key is not None:
+        body["prompt_cache_key"] = request.prompt_cache_key
+    if dialect == "vllm" and request.cache_scope:
+        body["cache_salt"] = request.cache_scope
+    return body, ids

@@ -1,0 +1,238 @@
+"""A stand-in for vLLM serving Kimi K2.6 (`--tool-call-parser kimi_k2 --reasoning-parser kimi_k2`):
+the shapes of its OpenAI-compatible server, replayed. README.md cites the source of each shape.
+
+What it answers depends on the request, so tests can steer it:
+- thinking: on unless `chat_template_kwargs.thinking` is false → reasoning chunks first
+  (field `reasoning`, or `reasoning_content` with `--reasoning-field reasoning_content`);
+- tools declared and the last message is a user message → one tool call, as vLLM's kimi_k2
+  parser streams it (`functions.{name}:{idx}` id, arguments split over deltas);
+  `#badtool` in it → arguments that break the schema (the first time per conversation, or
+  always with `#badtool-always`);
+- `#error400` → vLLM's 400 error body naming `param`; `#error500` → a 500; `#die` → the process
+  exits mid-stream; `#slow` → 50 ms between chunks;
+- otherwise the answer echoes the last message's words (one chunk per word).
+Usage comes in a last chunk with `prompt_tokens_details.cached_tokens`: a prompt whose first
+message was seen before under the same `cache_salt` counts that message as cached.
+Every request body is kept; `GET /stats` returns them with this replica's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODEL = "moonshotai/Kimi-K2.6"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    # vllm/entrypoints/openai/engine/protocol.py: ErrorResponse{error: ErrorInfo{message, type, param, code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+class Standin:
+    def __init__(self, name: str, reasoning_field: str) -> None:
+        self.name = name
+        self.reasoning_field = reasoning_field
+        self.requests: list[dict[str, Any]] = []
+        self.seen_prefixes: set[tuple[str, str]] = set()
+        self.completed = 0
+        self.cancelled = 0  # streams whose client went away before the end (vLLM aborts those)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/models", self.models),
+                Route("/health", lambda _: Response(status_code=200)),
+                Route("/stats", self.stats),
+            ]
+        )
+
+    async def models(self, _: Request) -> JSONResponse:
+        card = {
+            "id": MODEL,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": MODEL,
+            "parent": None,
+            "max_model_len": 262144,
+            "permission": [],
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def stats(self, _: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "name": self.name,
+                "requests": self.requests,
+                "completed": self.completed,
+                "cancelled": self.cancelled,
+            }
+        )
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {"role": "user", "content": ""}
+        text = last.get("content") or ""
+        if "#error400" in text:
+            return error(400, "temperature must be in [0, 2], got 7.0.", "BadRequestError", "temperature")
+        if "#error500" in text:
+            return error(500, "EngineCore encountered an issue.", "InternalServerError")
+        return StreamingResponse(
+            self.counted(request, self.stream(body, messages, last, text)), media_type="text/event-stream"
+        )
+
+    async def counted(self, request: Request, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Stops generating when the client goes away, as vLLM aborts a disconnected request."""
+        try:
+            async for data in chunks:
+                if await request.is_disconnected():
+                    self.cancelled += 1
+                    return
+                yield data
+            self.completed += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+
+    async def stream(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], last: dict[str, Any], text: str
+    ) -> AsyncIterator[str]:
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        delay = 0.05 if "#slow" in text else 0.0
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL,
+                "choices": [choice],
+            }
+            return f"data: {json.dumps(data)}\n\n"
+
+        produced = 0
+        yield chunk({"role": "assistant", "content": ""})
+        thinking = (body.get("chat_template_kwargs") or {}).get("thinking", True)
+        reasoning_tokens = 0
+        if thinking:
+            for piece in ["The user", " asks;", " answer briefly."]:
+                await asyncio.sleep(delay)
+                yield chunk({self.reasoning_field: piece})
+                reasoning_tokens += 1
+        tools = body.get("tools") or []
+        finish = "stop"
+        if tools and last.get("role") == "user":
+            name = tools[0]["function"]["name"]
+            index = sum(len(m.get("tool_calls") or []) for m in messages)
+            history = json.dumps(messages)
+            bad = "#badtool-always" in history or (
+                "#badtool" in history
+                and last.get("role") == "user"
+                and not any(m.get("role") == "tool" for m in messages)
+            )
+            args = ['{"city": ', "42}"] if bad else ['{"city": ', '"Beijing"}']
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "id": f"functions.{name}:{index}",
+                            "type": "function",
+                            "index": 0,
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for part in args:
+                await asyncio.sleep(delay)
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            produced += 6
+            finish = "tool_calls"
+        elif tools and last.get("role") == "tool":
+            # a re-ask (or a tool result): call again, now with valid arguments unless told otherwise
+            name = tools[0]["function"]["name"]
+            index = sum(len(m.get("tool_calls") or []) for m in messages)
+            bad = "#badtool-always" in json.dumps(messages)
+            args = '{"city": 42}' if bad else '{"city": "Beijing"}'
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "id": f"functions.{name}:{index}",
+                            "type": "function",
+                            "index": 0,
+                            "function": {"name": name, "arguments": args},
+                        }
+                    ]
+                }
+            )
+            produced += 6
+            finish = "tool_calls"
+        else:
+            for i, word in enumerate(text.split()):
+                if word == "#die":
+                    await asyncio.sleep(0.05)  # what came before it reaches the client first
+                    os._exit(1)  # the replica dies mid-stream, as a crashed engine process does
+                await asyncio.sleep(delay)
+                yield chunk({"content": ("" if i == 0 else " ") + word})
+                produced += 1
+        yield chunk({"content": ""}, finish)
+        prompt = sum(words(str(m.get("content") or "")) + 1 for m in messages)
+        first = str(messages[0].get("content") or "") if messages else ""
+        prefix = (str(body.get("cache_salt") or ""), first)
+        cached = words(first) + 1 if prefix in self.seen_prefixes else 0
+        self.seen_prefixes.add(prefix)
+        usage = {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + produced + reasoning_tokens,
+            "completion_tokens": produced + reasoning_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        }
+        data = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": MODEL,
+            "choices": [],
+            "usage": usage,
+        }
+        yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="standin")
+    parser.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
+    args = parser.parse_args()
+    app = Standin(args.name, args.reasoning_field).app()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
