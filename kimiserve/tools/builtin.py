@@ -124,9 +124,7 @@ class SearchTool:
     async def run(self, arguments: dict[str, Any]) -> ToolOutput:
         query = arguments.get("query")
         if not isinstance(query, str) or not query.strip() or len(query) > MAX_QUERY_CHARS:
-            return _error(
-                self.name, f"The call needs `query`, a string of 1 to {MAX_QUERY_CHARS} characters."
-            )
+            return _error(f"The call needs `query`, 1 to {MAX_QUERY_CHARS} characters.")
         try:
             hits = await self.backend.search(query, self.results)
         except ToolFailed as exc:
