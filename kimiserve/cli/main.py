@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("--account", default="default", help="account name (default: default)")
     _add_data_dir(secret)
+
+    search = sub.add_parser("search", help="the local index of the built-in search tool")
+    search_sub = search.add_subparsers(dest="search_command", required=True)
+    s_add = search_sub.add_parser("add", help="index text/Markdown files (or every one in a directory)")
+    s_add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    s_add.add_argument("--url", help="the URL to cite for the document (one file only; default file://PATH)")
+    _add_data_dir(s_add)
+    _add_common(search_sub.add_parser("list", help="list the indexed documents"))
+    s_query = search_sub.add_parser("query", help="search as the built-in tool does (SearXNG if set)")
+    s_query.add_argument("query")
+    s_query.add_argument("--limit", type=int, default=5, help="most hits to show (default 5)")
+    _add_common(s_query)
     return parser
 
 
@@ -102,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
-    from kimiserve.cli import accounts, keys
+    from kimiserve.cli import accounts, keys, search
 
-    command = accounts.run if args.command == "accounts" else keys.run
+    command = {"accounts": accounts.run, "keys": keys.run, "search": search.run}[args.command]
     try:
         return asyncio.run(command(settings, args))
     except KimiserveError as exc:

@@ -135,7 +135,7 @@ class LocalIndex:
             db.close()
         hits: dict[str, SearchHit] = {}
         for title, url, snippet, _ in rows:  # best chunk per document
-            hits.setdefault(url, SearchHit(title, url, snippet[:SNIPPET_CHARS]))
+            hits.setdefault(url, SearchHit(title, url, _one_line(snippet)))
         return list(hits.values())[:limit]
 
     async def search(self, query: str, limit: int) -> list[SearchHit]:
@@ -173,13 +173,17 @@ class SearxngBackend:
                 continue
             title = item.get("title") if isinstance(item.get("title"), str) else item["url"]
             content = item.get("content") if isinstance(item.get("content"), str) else ""
-            hits.append(SearchHit(str(title), item["url"], str(content)[:SNIPPET_CHARS]))
+            hits.append(SearchHit(str(title), item["url"], _one_line(str(content))))
             if len(hits) == limit:
                 break
         return hits
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:SNIPPET_CHARS]
 
 
 def _title_of(text: str) -> str | None:
