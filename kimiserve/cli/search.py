@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from kimiserve.cli.output import print_table, show
 from kimiserve.settings import Settings
@@ -15,11 +16,15 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     index = LocalIndex(settings.data_dir / INDEX_FILE)
     if args.search_command == "add":
         if args.url and len(args.paths) != 1:
-            print("kimiserve: --url names one document; give exactly one file with it.")
+            print("kimiserve: --url names one document; give exactly one file with it.", file=sys.stderr)
             return 2
         added = []
         for path in args.paths:
-            added += await asyncio.to_thread(index.add_path, path, url=args.url)
+            try:
+                added += await asyncio.to_thread(index.add_path, path, url=args.url)
+            except (OSError, UnicodeError) as exc:
+                print(f"kimiserve: cannot index {path}: {exc}", file=sys.stderr)
+                return 1
         for doc in added:
             print(f"Indexed {doc.url} ({doc.title!r}, {doc.chunks} chunks).")
         if not added:
