@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
 from kimiserve.settings import Settings
-from kimiserve.tools.code_interpreter import SandboxLimits, find_bwrap, run_python
+from kimiserve.tools.code_interpreter import SandboxLimits, probe_sandbox, run_python
 from kimiserve.tools.errors import ToolFailed, ToolUnavailable
 from kimiserve.tools.search import INDEX_FILE, LocalIndex, SearchBackend, SearxngBackend
 
@@ -73,7 +73,7 @@ class CodeInterpreterTool:
         self.limits = limits
 
     def check(self) -> None:
-        find_bwrap()
+        probe_sandbox(self.limits)
 
     async def run(self, arguments: dict[str, Any]) -> ToolOutput:
         code = arguments.get("code")

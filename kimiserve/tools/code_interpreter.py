@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,34 @@ def find_bwrap() -> str:
         if not os.access(needed, os.X_OK):
             raise ToolUnavailable(f"The codeInterpreter tool needs {needed}, which this server lacks.")
     return path
+
+
+_probed: dict[tuple[str, ...], str | None] = {}
+
+
+def probe_sandbox(limits: SandboxLimits) -> None:
+    """Start one trivial sandbox (once per process and set of limits) and raise ToolUnavailable
+    with bwrap's own words when it cannot start, e.g. where user namespaces are disabled."""
+    argv = tuple(sandbox_argv(find_bwrap(), limits))
+    if argv not in _probed:
+        try:
+            done = subprocess.run(
+                argv,
+                input=b"print('ok')",
+                capture_output=True,
+                env={},
+                cwd="/",
+                timeout=30,
+                check=False,
+                **_unprivileged(limits),
+            )
+            ok = done.returncode == 0 and done.stdout == b"ok\n"
+            _probed[argv] = None if ok else done.stderr.decode(errors="replace").strip()[:500]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _probed[argv] = str(exc)
+    failure = _probed[argv]
+    if failure is not None:
+        raise ToolUnavailable(f"The codeInterpreter sandbox cannot start on this server: {failure}")
 
 
 def _system_dirs() -> list[str]:

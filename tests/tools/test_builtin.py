@@ -98,6 +98,23 @@ async def test_search_backend_failure_is_an_error_output_not_an_exception(tmp_pa
     assert output.is_error and output.content_for_model.startswith("error: The search backend did not answer")
 
 
+@needs_bwrap
+def test_a_sandbox_that_cannot_start_is_refused_with_bwraps_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kimiserve.tools import code_interpreter
+
+    real = code_interpreter.sandbox_argv
+    monkeypatch.setattr(
+        code_interpreter, "sandbox_argv", lambda b, lim: [b, "--no-such-flag", *real(b, lim)[1:]]
+    )
+    with pytest.raises(ToolUnavailable, match="--no-such-flag") as info:
+        build_registry(settings(tmp_path)).require(["codeInterpreter"])
+    assert info.value.parameter == "tools"
+    monkeypatch.undo()
+    build_registry(settings(tmp_path)).require(["codeInterpreter"])  # the real sandbox starts
+
+
 @pytest.mark.parametrize("arguments", [{}, {"query": ""}, {"query": 3}, {"query": "x" * 501}])
 async def test_bad_search_arguments_are_an_error_output(tmp_path: Path, arguments: dict[str, object]) -> None:
     output = await build_registry(settings(tmp_path)).tools["search"].run(arguments)
