@@ -98,6 +98,20 @@ class Settings(BaseSettings):
     ws_key_recheck_s: float = Field(
         30.0, description="How often an open WebSocket checks its API key again (a revoked key ends it)."
     )
+    search_url: str | None = Field(
+        None,
+        description="Base URL of a SearXNG instance for the built-in search tool (its JSON API, "
+        "`/search?format=json`); unset: the local index of documents added with `kimiserve search add`.",
+    )
+    search_results: int = Field(5, description="Search hits the built-in search tool passes to the model.")
+    code_timeout_s: float = Field(15.0, description="Built-in codeInterpreter: wall-clock limit of one run.")
+    code_cpu_s: int = Field(10, description="Built-in codeInterpreter: CPU seconds of one run.")
+    code_memory_mb: int = Field(512, description="Built-in codeInterpreter: address space of one run, MiB.")
+    code_max_processes: int = Field(32, description="Built-in codeInterpreter: processes one run may have.")
+    code_tmpfs_mb: int = Field(64, description="Built-in codeInterpreter: size of the writable /tmp, MiB.")
+    code_max_output_bytes: int = Field(
+        64 * 1024, description="Built-in codeInterpreter: stdout and stderr kept per run (each); more is cut."
+    )
     shutdown_grace_s: float = Field(
         10.0,
         description="On SIGTERM, how long running requests, streams and WebSocket tasks may take to "

@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = models_sub.add_parser("check", help="validate the models file and probe every upstream")
     check.add_argument("--models-file", type=Path, help="TOML models file (default $KIMISERVE_MODELS_FILE)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    search = sub.add_parser("search", help="the local index of the built-in search tool")
+    search_sub = search.add_subparsers(dest="search_command", required=True)
+    s_add = search_sub.add_parser("add", help="index text/Markdown files (or every one in a directory)")
+    s_add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    s_add.add_argument("--url", help="the URL to cite for the document (one file only; default file://PATH)")
+    _add_data_dir(s_add)
+    _add_common(search_sub.add_parser("list", help="list the indexed documents"))
+    s_query = search_sub.add_parser("query", help="search as the built-in tool does (SearXNG if set)")
+    s_query.add_argument("query")
+    s_query.add_argument("--limit", type=int, default=5, help="most hits to show (default 5)")
+    _add_common(s_query)
     return parser
 
 
@@ -108,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
-    from kimiserve.cli import accounts, keys, models
+    from kimiserve.cli import accounts, keys, models, search
 
-    command = {"accounts": accounts.run, "keys": keys.run, "models": models.run}[args.command]
+    command = {"accounts": accounts.run, "keys": keys.run, "models": models.run, "search": search.run}[
+        args.command
+    ]
     try:
         return asyncio.run(command(settings, args))
     except KimiserveError as exc:
