@@ -90,8 +90,10 @@ class LlamaCppEngine:
             self._backend = InProcess(self.config, self._on_events)
         self.capabilities = Capabilities(
             context_length=self._backend.n_ctx_seq,
-            thinking="budgeted",
-            tools="constrained",
+            # Claims only what the engine does: tool-call grammars and budget-forced reasoning are
+            # issue 11's, so the protocols refuse tools and thinking for this engine, by name.
+            thinking="none",
+            tools="none",
             vision=False,
             max_concurrency=self.config.max_sequences,
         )
