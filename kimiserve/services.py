@@ -28,6 +28,7 @@ from kimiserve.storage.sql.database import open_database
 from kimiserve.storage.sql.ledger import SqlLedgerStore
 from kimiserve.storage.sql.media import SqlMediaStore
 from kimiserve.storage.sql.outbox import SqlOutboxStore
+from kimiserve.storage.sql.sqlite_ledger import SqliteLedgerStore
 from kimiserve.storage.sql.tasks import SqlTaskStore
 from kimiserve.storage.sql.usage import SqlUsageStore
 
@@ -43,22 +44,26 @@ class Platform:
     accounts: Accounts
     keys: ApiKeys
     usage: SqlUsageStore
-    ledger: SqlLedgerStore
+    ledger: SqlLedgerStore | SqliteLedgerStore
     tasks: Tasks
     admin: Admin
 
     async def aclose(self) -> None:
         await self.tasks.aclose()
+        if isinstance(self.ledger, SqliteLedgerStore):
+            await self.ledger.aclose()
         await self.db.dispose()
 
 
 async def open_platform(settings: Settings) -> Platform:
-    db = await open_database(settings.resolved_database_url())
+    url = settings.resolved_database_url()
+    db = await open_database(url)
     store = SqlAccountStore(db)
     accounts = Accounts(store)
     keys = ApiKeys(store)
     usage = SqlUsageStore(db)
-    ledger = SqlLedgerStore(db)
+    sqlite_path = db.url.database if db.dialect.name == "sqlite" and db.url.database != ":memory:" else None
+    ledger = SqliteLedgerStore(sqlite_path) if sqlite_path else SqlLedgerStore(db)
     return Platform(
         db=db,
         account_store=store,

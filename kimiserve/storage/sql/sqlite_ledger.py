@@ -1,0 +1,184 @@
+"""The ledger on SQLite, each transaction one call into one dedicated thread.
+
+aiosqlite crosses into its thread once per statement (begin, each statement, commit: five
+crossings for a settlement), and the ledger is on every metered request's path twice. Here a
+whole transaction is one crossing, on a connection of its own (WAL lets it write beside the
+SQLAlchemy pool; the busy timeout covers the rare overlap). Same semantics as
+`SqlLedgerStore`, which serves the other databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from kimiserve.domain.ports import Hold, InsufficientBalance, LedgerEntry, UsageRow
+from kimiserve.errors import ServiceUnavailable
+
+T = TypeVar("T")
+
+_ENTRY = (
+    "INSERT INTO ledger_entries (account_id, kind, amount_micros, hold_micros, reservation_id, request_id, "
+    "note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_USAGE = (
+    "INSERT INTO usage_records (account_id, key_id, request_id, protocol, model, prompt_tokens, "
+    "completion_tokens, cached_tokens, reasoning_tokens, cost_micros, outcome, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _usage_values(u: UsageRow) -> tuple[object, ...]:
+    return (
+        u.account_id,
+        u.key_id,
+        u.request_id,
+        u.protocol,
+        u.model,
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.cached_tokens,
+        u.reasoning_tokens,
+        u.cost_micros,
+        u.outcome,
+        time.time(),
+    )
+
+
+def _release(conn: sqlite3.Connection, hold: Hold) -> None:
+    conn.execute(
+        "UPDATE accounts SET reserved_micros = reserved_micros - ? WHERE id = ?",
+        (hold.amount_micros, hold.account_id),
+    )
+    conn.execute(
+        _ENTRY,
+        (hold.account_id, "release", 0, -hold.amount_micros, hold.id, hold.request_id, None, time.time()),
+    )
+
+
+class SqliteLedgerStore:
+    def __init__(self, path: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except sqlite3.OperationalError as exc:
+            if "database is locked" in str(exc):
+                raise ServiceUnavailable("The database is busy; try again shortly.") from exc
+            raise
+
+    async def reserve(self, holds: list[Hold]) -> None:
+        account_id = holds[0].account_id
+        total = sum(h.amount_micros for h in holds)
+
+        def work(conn: sqlite3.Connection) -> None:
+            taken = conn.execute(
+                "UPDATE accounts SET reserved_micros = reserved_micros + ? WHERE id = ? "
+                "AND balance_micros IS NOT NULL AND balance_micros - reserved_micros >= ?",
+                (total, account_id, total),
+            )
+            if not taken.rowcount:
+                raise InsufficientBalance(account_id)
+            now = time.time()
+            conn.executemany(
+                _ENTRY,
+                [
+                    (account_id, "reservation", 0, h.amount_micros, h.id, h.request_id, None, now)
+                    for h in holds
+                ],
+            )
+
+        await self._transaction(work)
+
+    async def settle(self, hold: Hold | None, usage: UsageRow) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(_USAGE, _usage_values(usage))
+            if hold is None:
+                return
+            conn.execute(
+                "UPDATE accounts SET balance_micros = balance_micros - ?, "
+                "reserved_micros = reserved_micros - ? WHERE id = ?",
+                (usage.cost_micros, hold.amount_micros, hold.account_id),
+            )
+            conn.execute(
+                _ENTRY,
+                (
+                    hold.account_id,
+                    "settlement",
+                    -usage.cost_micros,
+                    -hold.amount_micros,
+                    hold.id,
+                    hold.request_id,
+                    usage.outcome,
+                    time.time(),
+                ),
+            )
+
+        await self._transaction(work)
+
+    async def release(self, hold: Hold) -> None:
+        await self._transaction(lambda conn: _release(conn, hold))
+
+    async def top_up(self, account_id: str, amount_micros: int, note: str | None) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            updated = conn.execute(
+                "UPDATE accounts SET balance_micros = COALESCE(balance_micros, 0) + ? WHERE id = ?",
+                (amount_micros, account_id),
+            )
+            if not updated.rowcount:
+                raise KeyError(account_id)
+            conn.execute(_ENTRY, (account_id, "topup", amount_micros, 0, None, None, note, time.time()))
+            [balance] = conn.execute(
+                "SELECT balance_micros FROM accounts WHERE id = ?", (account_id,)
+            ).fetchone()
+            return int(balance)
+
+        return await self._transaction(work)
+
+    async def release_all_held(self) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT reservation_id, MIN(account_id), MIN(request_id), SUM(hold_micros) "
+                "FROM ledger_entries WHERE reservation_id IS NOT NULL "
+                "GROUP BY reservation_id HAVING SUM(hold_micros) != 0"
+            ).fetchall()
+            for rid, account_id, request_id, amount in rows:
+                _release(conn, Hold(rid, account_id, request_id or "", int(amount)))
+            return len(rows)
+
+        return await self._transaction(work)
+
+    async def entries(self, account_id: str) -> list[LedgerEntry]:
+        def work(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            rows = conn.execute(
+                "SELECT account_id, kind, amount_micros, hold_micros, reservation_id, request_id, note "
+                "FROM ledger_entries WHERE account_id = ? ORDER BY id",
+                (account_id,),
+            ).fetchall()
+            return [LedgerEntry(*row) for row in rows]
+
+        return await self._transaction(work)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
