@@ -143,7 +143,8 @@ async def _frames(
             elif isinstance(event, ReasoningDelta) and event.text:
                 yield chunk(index, {"reasoning_content": event.text})
             elif isinstance(event, ToolCallEvent):
-                yield chunk(index, {"tool_calls": [translate.tool_call(event.call, calls[index])]})
+                for part in translate.tool_call_deltas(event.call, calls[index]):
+                    yield chunk(index, {"tool_calls": [part]})
                 calls[index] += 1
             elif isinstance(event, Usage):
                 usages[index] = event

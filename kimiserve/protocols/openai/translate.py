@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
 
-# Thinking and tool calling land as features of their own (levels → budgets, tool-call ids and
-# argument validation); until then both are refused by name, whatever the engine could do.
-PENDING_FEATURES: frozenset[str] = frozenset({"thinking", "tools"})
-
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
 _EFFORT: dict[str, ThinkingLevel] = {
     "none": "none",
@@ -158,10 +154,10 @@ def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
         return "none"
     enabled = chat.thinking is not None  # type "enabled"
     level: ThinkingLevel = _EFFORT[effort] if effort is not None else ("high" if enabled else "none")
-    if level != "none" and ("thinking" in PENDING_FEATURES or model.engine.capabilities.thinking == "none"):
+    if level != "none" and model.engine.capabilities.thinking == "none":
         param = "thinking" if enabled else "reasoning_effort"
         raise UnsupportedFeature(
-            f"Thinking is not available with {_model_name(model)} yet: leave out thinking "
+            f"Thinking is not available with {_model_name(model)}: leave out thinking "
             'and reasoning_effort (or send thinking {"type": "disabled"}, reasoning_effort \'none\').',
             parameter=param,
         )
@@ -171,11 +167,20 @@ def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
 def _tools(chat: ChatCompletionRequest, model: ServedModel) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
     tools = chat.tools or []
     choice = chat.tool_choice
-    if tools and ("tools" in PENDING_FEATURES or model.engine.capabilities.tools == "none"):
+    if tools and model.engine.capabilities.tools == "none":
         raise UnsupportedFeature(
-            f"Tool calling is not available with {_model_name(model)} yet; send no tools.",
+            f"Tool calling is not available with {_model_name(model)}; send no tools.",
             parameter="tools",
         )
+    seen: set[str] = set()
+    for i, t in enumerate(tools):
+        if t.function.name in seen:
+            raise InvalidRequest(
+                f"tools[{i}].function.name: {t.function.name!r} is declared twice; "
+                "tool names must be unique.",
+                parameter=f"tools[{i}].function.name",
+            )
+        seen.add(t.function.name)
     specs = tuple(
         ToolSpec(
             name=t.function.name,
@@ -275,12 +280,18 @@ def finish_reason(reason: str) -> str:
     return _FINISH.get(reason, "stop")
 
 
-def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {} if index is None else {"index": index}
-    out.update(
-        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-    )
-    return out
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def tool_call_deltas(call: ToolCall, index: int) -> list[dict[str, Any]]:
+    """A call as OpenAI streams it: index, id, type and name (arguments "") in its first delta,
+    then the arguments (here in one piece: engines hand over whole, validated calls)."""
+    function = {"name": call.name, "arguments": ""}
+    head = {"index": index, "id": call.id, "type": "function", "function": function}
+    if not call.arguments:
+        return [head]
+    return [head, {"index": index, "function": {"arguments": call.arguments}}]
 
 
 def usage(usages: Sequence[Usage]) -> dict[str, Any]:
@@ -299,7 +310,9 @@ def usage(usages: Sequence[Usage]) -> dict[str, Any]:
 def completion(reply: Reply, results: Sequence[GenerationResult]) -> dict[str, Any]:
     choices = []
     for index, r in enumerate(results):
-        message: dict[str, Any] = {"role": "assistant", "content": r.text}
+        # As OpenAI: a message that only calls tools has `content: null`.
+        content = r.text if r.text or not r.tool_calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if r.reasoning:
             message["reasoning_content"] = r.reasoning
         if r.tool_calls:

@@ -148,7 +148,7 @@ class Dispatcher:
         pipeline = self._services.pipeline
         pipeline.authorize(principal, "inference")
         model = pipeline.model(principal, task.model)
-        translate.refuse_unsupported(task, resolves_images=True)
+        translate.refuse_unsupported(task, model.engine.capabilities, resolves_images=True)
         if task.inputs is not None and task.inputs.images and not model.engine.capabilities.vision:
             served = model.stand_in_for or model.id
             raise UnsupportedFeature(

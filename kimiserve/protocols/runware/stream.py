@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from kimiserve.domain.pipeline import Accumulator, Admission
-from kimiserve.domain.types import Event, ReasoningDelta, TextDelta
+from kimiserve.domain.types import Event, ReasoningDelta, TextDelta, ToolCallEvent
 from kimiserve.errors import InvalidRequest
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
@@ -81,6 +81,8 @@ async def _frames(
                         yield frame(translate.delta_chunk(task_uuid, event.text))
                     elif isinstance(event, ReasoningDelta) and event.text:
                         yield frame(translate.delta_chunk(task_uuid, event.text, reasoning=True))
+                    elif isinstance(event, ToolCallEvent):
+                        yield frame(translate.tool_chunk(task_uuid, event.call))
             except Exception as exc:
                 ended = True
                 err = await tasks.fail(task_uuid, exc)

@@ -10,33 +10,45 @@ import json
 from typing import Any
 
 from kimiserve.domain.pipeline import GenerationResult
-from kimiserve.domain.types import GenerationRequest, Message, Sampling, ToolCall, Usage
-from kimiserve.errors import UnsupportedFeature
+from kimiserve.domain.types import (
+    GenerationRequest,
+    Message,
+    Sampling,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
+from kimiserve.engines.base import Capabilities
+from kimiserve.errors import InvalidRequest, UnsupportedFeature
 from kimiserve.platform.prices import micros_to_usd
 from kimiserve.protocols.runware.models import Message as WireMessage
 from kimiserve.protocols.runware.models import Settings, TextInferenceTask
+from kimiserve.protocols.runware.models import ToolChoice as WireToolChoice
 
 TASK_TYPE = "textInference"
 DEFAULT_SETTINGS = Settings()
 
+# A call ends the turn as a stop: the seed has no `tool_calls` reason (RUNWARE_PROTOCOL.md).
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "stop", "content_filter": "content_filter"}
+_CHOICE = {"auto": "auto", "any": "required", "none": "none", "tool": "named"}
 
 
-def refuse_unsupported(task: TextInferenceTask, *, resolves_images: bool = False) -> None:
-    """Fields whose behaviour lands in later work: validated already, refused by name here.
+def refuse_unsupported(
+    task: TextInferenceTask, capabilities: Capabilities, *, resolves_images: bool = False
+) -> None:
+    """Fields the served engine cannot honour (or whose behaviour lands in later work):
+    validated already, refused by name here.
 
     `inputs.images` is left to a caller that resolves the images first (`resolves_images`),
     so that an image that cannot be had is named by its index before the model's lack of
     vision is reported; any other caller gets the images refused outright.
     """
     settings = task.settings or DEFAULT_SETTINGS
-    if task.tools is not None:
-        raise UnsupportedFeature("Tool calling is not available on this server yet.", parameter="tools")
-    if task.toolChoice is not None:
-        raise UnsupportedFeature("Tool calling is not available on this server yet.", parameter="toolChoice")
-    if settings.thinkingLevel != "none":
+    _refuse_tools(task, capabilities)
+    if settings.thinkingLevel != "none" and capabilities.thinking == "none":
         raise UnsupportedFeature(
-            "Thinking is not available on this model yet; use thinkingLevel 'none'.",
+            "Thinking is not available on this model; use thinkingLevel 'none'.",
             parameter="settings.thinkingLevel",
         )
     inputs = task.inputs
@@ -51,6 +63,50 @@ def refuse_unsupported(task: TextInferenceTask, *, resolves_images: bool = False
         raise UnsupportedFeature(
             "webhookURL cannot be combined with deliveryMethod 'stream'.", parameter="webhookURL"
         )
+
+
+def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
+    if capabilities.tools == "none":
+        if task.tools is not None:
+            raise UnsupportedFeature("Tool calling is not available on this model.", parameter="tools")
+        if task.toolChoice is not None:
+            raise UnsupportedFeature("Tool calling is not available on this model.", parameter="toolChoice")
+        return
+    seen: set[str] = set()
+    for i, tool in enumerate(task.tools or ()):
+        if tool.type != "function":
+            # Built-ins run by the server need its tool loop, which is not built yet.
+            raise UnsupportedFeature(
+                f"Built-in tools ({tool.type!r}) are not available yet; declare function tools only.",
+                parameter=f"tools.{i}.type",
+            )
+        assert tool.name is not None  # the wire model requires it for function tools
+        if tool.name in seen:
+            raise InvalidRequest(
+                f"tools.{i}.name: {tool.name!r} is declared twice; tool names must be unique.",
+                parameter=f"tools.{i}.name",
+                code="invalidTools",
+            )
+        seen.add(tool.name)
+    choice = task.toolChoice
+    if choice is not None and choice.type == "any" and not task.tools:
+        raise InvalidRequest(
+            "toolChoice 'any' needs tools to choose from.", parameter="toolChoice", code="invalidToolChoice"
+        )
+
+
+def _tools(task: TextInferenceTask) -> tuple[ToolSpec, ...]:
+    return tuple(
+        ToolSpec(name=t.name or "", description=t.description or "", parameters=json.dumps(t.schema_ or {}))
+        for t in task.tools or ()
+    )
+
+
+def _tool_choice(choice: WireToolChoice | None) -> ToolChoice:
+    if choice is None:
+        return ToolChoice()
+    mode = _CHOICE[choice.type]
+    return ToolChoice(mode=mode, name=choice.name if mode == "named" else None)  # type: ignore[arg-type]
 
 
 def _message(wire: WireMessage) -> Message:
@@ -86,6 +142,9 @@ def to_generation_request(
         model=model_id,
         messages=tuple(messages),
         sampling=sampling,
+        thinking=settings.thinkingLevel,
+        tools=_tools(task),
+        tool_choice=_tool_choice(task.toolChoice),
         images=images,
         prompt_cache_key=settings.promptCacheKey,
     )
@@ -105,6 +164,18 @@ def finish_reason(reason: str) -> str:
     return _FINISH.get(reason, "unknown")
 
 
+def tool_item(call: ToolCall) -> dict[str, Any]:
+    """A call as the result carries it: the shape the client sends back as history."""
+    item: dict[str, Any] = {"id": call.id, "name": call.name}
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = None  # engines validate calls; an engine that does not is not trusted here
+    if isinstance(arguments, dict):
+        item["input"] = arguments
+    return item
+
+
 def result_item(task: TextInferenceTask, result: GenerationResult) -> dict[str, Any]:
     item: dict[str, Any] = {
         "taskType": TASK_TYPE,
@@ -116,6 +187,8 @@ def result_item(task: TextInferenceTask, result: GenerationResult) -> dict[str, 
     }
     if result.reasoning:
         item["reasoningContent"] = [result.reasoning]
+    if result.tool_calls:
+        item["tools"] = [tool_item(c) for c in result.tool_calls]
     if task.includeUsage:
         item["usage"] = usage_item(result.usage)
     if task.includeCost:
@@ -126,6 +199,17 @@ def result_item(task: TextInferenceTask, result: GenerationResult) -> dict[str, 
 def delta_chunk(task_uuid: str, text: str, *, reasoning: bool = False) -> dict[str, Any]:
     key = "reasoningContent" if reasoning else "text"
     return {"taskUUID": task_uuid, "taskType": TASK_TYPE, "delta": {key: text}, "finishReason": None}
+
+
+def tool_chunk(task_uuid: str, call: ToolCall) -> dict[str, Any]:
+    """One call, whole, as it is made: `delta.tools` (SDK 0.5.24 reads only `delta.text`, so it
+    skips these chunks and goes on; the terminal chunk repeats every call in `tools`)."""
+    return {
+        "taskUUID": task_uuid,
+        "taskType": TASK_TYPE,
+        "delta": {"tools": [tool_item(call)]},
+        "finishReason": None,
+    }
 
 
 def terminal_chunk(task: TextInferenceTask, result: GenerationResult) -> dict[str, Any]:
@@ -140,4 +224,6 @@ def terminal_chunk(task: TextInferenceTask, result: GenerationResult) -> dict[st
     }
     if result.reasoning:
         chunk["reasoningContent"] = [result.reasoning]
+    if result.tool_calls:
+        chunk["tools"] = [tool_item(c) for c in result.tool_calls]
     return chunk

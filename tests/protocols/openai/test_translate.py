@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kimiserve.domain.types import Constraint, Message, ToolChoice
+from kimiserve.domain.types import Constraint, Message, ToolCall, ToolChoice
 from kimiserve.engines.base import Capabilities
 from kimiserve.engines.fake import FakeEngine
 from kimiserve.engines.registry import ServedModel
@@ -127,17 +127,23 @@ def test_refused_on_a_plain_model(fields: dict[str, Any], param: str) -> None:
     assert "tiny" in info.value.message  # the stand-in is named
 
 
-@pytest.mark.parametrize(
-    ("fields", "param"),
-    [
-        ({"thinking": {"type": "enabled"}}, "thinking"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ],
-)
-def test_pending_features_refused_even_when_the_engine_could(fields: dict[str, Any], param: str) -> None:
-    with pytest.raises(UnsupportedFeature) as info:
-        request(CAPABLE, **fields)
-    assert info.value.parameter == param
+def test_duplicate_tool_names_refused_naming_the_second() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(InvalidRequest) as info:
+        request(CAPABLE, tools=[tool, {"type": "function", "function": {"name": "g"}}, tool])
+    assert info.value.parameter == "tools[2].function.name"
+
+
+def test_tool_call_streams_as_openai_does() -> None:
+    call = ToolCall(id="functions.f:0", name="f", arguments='{"a": 1}')
+    head, rest = translate.tool_call_deltas(call, 1)
+    assert head == {
+        "index": 1,
+        "id": "functions.f:0",
+        "type": "function",
+        "function": {"name": "f", "arguments": ""},
+    }
+    assert rest == {"index": 1, "function": {"arguments": '{"a": 1}'}}
 
 
 def test_logprobs_refused() -> None:
@@ -156,8 +162,7 @@ def test_video_part_named() -> None:
     assert info.value.parameter == "messages[1].content[1]"
 
 
-def test_capable_model_gets_thinking_tools_and_media(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(translate, "PENDING_FEATURES", frozenset())
+def test_capable_model_gets_thinking_tools_and_media() -> None:
     content = [
         {"type": "text", "text": "look"},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
