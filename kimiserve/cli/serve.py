@@ -68,6 +68,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=WS_MAX_FRAME_BYTES,
+        access_log=False,  # kimiserve.access logs each request (no query string, with its request id)
         # After the drain nothing should be left; this bounds what uvicorn waits for anyway.
         timeout_graceful_shutdown=5,
     )
