@@ -4,7 +4,8 @@ Two calls per request, in this order:
 
 - `await engine.check(request)` validates and compiles everything the request needs (the prompt
   fits the context, the grammar compiles within its budget, images/videos are supported) and
-  raises an `InvalidRequest` (or `GrammarError`) subclass naming the parameter if not. The
+  raises an `InvalidRequest` (or `GrammarError`) subclass naming the parameter if not; it
+  returns the prompt's token count if the engine knows it (credit is held for it). The
   pipeline calls it BEFORE it reserves credit; what it compiles is cached, so `generate` does
   not compile again.
 - `engine.generate(request)` returns an async generator of events; consumers close it with
@@ -45,7 +46,9 @@ class Engine(Protocol):
     name: str
     capabilities: Capabilities
 
-    async def check(self, request: GenerationRequest) -> None: ...
+    async def check(self, request: GenerationRequest) -> int | None:
+        """Validate and compile; return the prompt's token count when the engine counts it
+        (None: the pipeline bounds it from the text)."""
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
 

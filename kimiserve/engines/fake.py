@@ -17,6 +17,11 @@ from kimiserve.engines.base import Capabilities, Health
 from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
 
+def prompt_tokens(request: GenerationRequest) -> int:
+    """The fake's token count: a word is a token, plus one per message."""
+    return sum(len(m.content.split()) + 1 for m in request.messages)
+
+
 @dataclass
 class FakeEngine:
     name: str = "fake"
@@ -27,7 +32,7 @@ class FakeEngine:
     fail_after: int | None = None
     refuse: InvalidRequest | None = None  # raised by check() (and so by generate())
 
-    async def check(self, request: GenerationRequest) -> None:
+    async def check(self, request: GenerationRequest) -> int:
         """What the fake cannot do: images and videos unless its capabilities say vision.
 
         Constraints are accepted and ignored (the fake echoes); `refuse` scripts a refusal.
@@ -38,6 +43,7 @@ class FakeEngine:
             raise UnsupportedFeature("This model does not accept images.", parameter="images")
         if not self.capabilities.vision and request.videos:
             raise UnsupportedFeature("This model does not accept videos.", parameter="videos")
+        return prompt_tokens(request)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         await self.check(request)
@@ -52,8 +58,7 @@ class FakeEngine:
                 await asyncio.sleep(self.delay_s)
             yield TextDelta(("" if produced == 0 else " ") + word)
             produced += 1
-        prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
-        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=produced)
+        yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=produced)
         yield Finished("length" if produced < len(words) else "stop")
 
     async def health(self) -> Health:

@@ -45,6 +45,9 @@ class ModelRegistry:
             )
         return model
 
+    def knows(self, name: str) -> bool:
+        return name in self._by_name
+
     def models(self) -> list[ServedModel]:
         return list(self._models)
 

@@ -135,7 +135,7 @@ class LlamaCppEngine:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    async def check(self, request: GenerationRequest) -> None:
+    async def check(self, request: GenerationRequest) -> int:
         self._refuse_known_crasher(request)
         await self._wait_ready()
         # A check in flight when the worker dies counts as a crash of its request, like a stream:
@@ -143,9 +143,10 @@ class LlamaCppEngine:
         key = next(self._ids)
         self._checks[key] = (self._backend.generation, fingerprint(request))
         try:
-            await asyncio.wrap_future(self._backend.call("check", request))
+            prompt_tokens: int = await asyncio.wrap_future(self._backend.call("check", request))
         finally:
             self._checks.pop(key, None)
+        return prompt_tokens
 
     async def tokenize(self, request: GenerationRequest) -> list[int]:
         """The prompt tokens a request's messages render to with the model's chat template."""

@@ -55,13 +55,16 @@ def serve(config: LlamaCppConfig, conn: Connection, log_level: int = logging.WAR
     except KimiserveError as exc:
         send(("failed", exc))
         return
+    # A scheduler that failed (a bug) leaves a useless process: exit, and be restarted.
+    core.scheduler.on_failure = lambda: os._exit(70)
     send(("ready", {"n_ctx_seq": core.n_ctx_seq, "pid": os.getpid()}))
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="worker-calls")
 
     def call(rid: int, kind: str, request: GenerationRequest) -> None:
         try:
-            value: Any = core.check(request) if kind == "check" else core.tokenize(request)
-            send(("reply", rid, True, value if kind == "tokenize" else None))
+            # check: the prompt's token count (the pipeline holds credit for it); tokenize: the tokens
+            value: Any = len(core.check(request)) if kind == "check" else core.tokenize(request)
+            send(("reply", rid, True, value))
         except KimiserveError as exc:
             send(("reply", rid, False, exc))
         except Exception as exc:  # a bug: the caller gets an EngineError, we keep serving
