@@ -15,7 +15,7 @@ min-p 0.05, one seed per request):
 With `--boundary`: the process-boundary cost, `LlamaCppEngine` with its worker process (the
 default) against the same core in the bench process (`isolated=False`), at each concurrency.
 With `--sweep`: the llama.cpp settings behind the deterministic mode (kv_unified, flash
-attention, repacked weights, n_ubatch), each against the deterministic default, at each
+attention, repacked weights, all three: fast mode), each against the deterministic default, at each
 concurrency. `--fast` runs the main table with `deterministic=False`.
 
 Rounds alternate A and B, so noise from other processes hits both; the table shows the median
@@ -234,6 +234,7 @@ async def main() -> None:
     parser.add_argument("--fast", action="store_true", help="deterministic=False in the main table")
     parser.add_argument("--boundary", action="store_true", help="worker process vs in-process")
     parser.add_argument("--sweep", action="store_true", help="each llama.cpp setting vs the default")
+    parser.add_argument("--sweep-only", default="", help="comma-separated subset of the sweep")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-raw", action="store_true")
     args = parser.parse_args()
@@ -252,13 +253,14 @@ async def main() -> None:
         print("process boundary: A = worker process (default), B = in-process core")
         await ab_table("boundary", levels, args.rounds, args.tokens, config, replace(config, isolated=False))
     if args.sweep:
-        for name, changed in [
+        settings = [
             ("kv_unified", replace(config, kv_unified=True)),
             ("flash_attn", replace(config, flash_attn=True)),
             ("repack", replace(config, repack=True)),
-            ("n_ubatch=128", replace(config, n_ubatch=128)),
             ("fast mode", replace(config, deterministic=False)),
-        ]:
+        ]
+        only = set(args.sweep_only.split(",")) if args.sweep_only else None
+        for name, changed in [(n, c) for n, c in settings if only is None or n in only]:
             print(f"setting: A = {name}, B = default (deterministic)")
             await ab_table(name, levels, args.rounds, args.tokens, changed, config)
     if args.skip_server and args.skip_raw:

@@ -35,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from kimiserve.domain.types import Constraint, GenerationRequest, Message, Sampling, TextDelta, Usage
+from kimiserve.domain.types import (
+    Constraint,
+    Finished,
+    GenerationRequest,
+    Message,
+    Sampling,
+    TextDelta,
+    Usage,
+)
 from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine, default_model_path
 from kimiserve.engines.llamacpp.grammar import GrammarCache
 from kimiserve.errors import GrammarError, KimiserveError
@@ -120,7 +128,8 @@ async def decode(
                         out.append(event.text)
                     elif isinstance(event, Usage):
                         stats["tokens"] += event.completion_tokens
-                        stats["length"] += event.completion_tokens >= tokens
+                    elif isinstance(event, Finished):  # JSON closed early at the budget: length too
+                        stats["length"] += event.reason == "length"
             except GrammarError:
                 stats["refused"] += 1
                 return
@@ -180,7 +189,7 @@ async def main() -> None:
         if decoded is not None:
             row += (
                 f" {len(sample)}: {decoded['failed']} failed, {decoded['refused']} refused, "
-                f"{decoded['parsed']} parse, {decoded['valid']} validate, {decoded['length']} hit max | "
+                f"{decoded['parsed']} parse, {decoded['valid']} validate, {decoded['length']} length | "
                 f"{decoded['tokens'] / decoded['seconds']:.1f} |"
             )
         rows.append(row)

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     deterministic: bool = Field(
         True,
         description="Embedded engine: the same seed and parameters give the same text whatever runs "
-        "beside it (one KV stream per sequence, flash attention off, plain weight layouts). False "
-        "picks the fastest llama.cpp settings for this CPU instead (see the engine README).",
+        "beside it (one KV stream per sequence, plain weight layouts). False uses a unified KV cache "
+        "and repacked weights on CPUs without AMX, which may be faster elsewhere but measured "
+        "slower on the 2-core Xeon (see the engine README and bench/RESULTS.md).",
     )
     engine_isolated: bool = Field(
         True,

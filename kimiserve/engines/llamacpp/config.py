@@ -37,7 +37,7 @@ class LlamaCppConfig:
     # sequence's numbers independent of its neighbours; False lets the three below default to
     # the fastest measured on this CPU (README.md, "Speed").
     deterministic: bool = True
-    flash_attn: bool | None = None  # None: off when deterministic, else llama.cpp's auto
+    flash_attn: bool | None = None  # None: off (measured slower at 8 sequences, bench/RESULTS.md)
     kv_unified: bool | None = None  # None: one KV stream per sequence when deterministic
     repack: bool | None = None  # None: repacked weights when not deterministic and no AMX
     n_ubatch: int | None = None  # None: n_batch
@@ -70,9 +70,7 @@ class LlamaCppConfig:
     @property
     def use_flash_attn(self) -> bool | None:
         """True/False, or None for llama.cpp's auto."""
-        if self.flash_attn is not None:
-            return self.flash_attn
-        return False if self.deterministic else None
+        return self.flash_attn if self.flash_attn is not None else False
 
     @property
     def use_kv_unified(self) -> bool:

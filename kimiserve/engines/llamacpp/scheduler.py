@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import llama_cpp as llama
@@ -62,6 +63,9 @@ class Scheduler:
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
         self._outbox = Outbox(emit)
         self._jobs: dict[int, Job] = {}
+        # Called on the scheduler thread after an unexpected failure has been reported to every
+        # job; the worker process exits there, so the supervisor restarts it.
+        self.on_failure: Callable[[], None] | None = None
         self._masks = ThreadPoolExecutor(max_workers=config.mask_threads, thread_name_prefix="grammar-mask")
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
 
@@ -151,6 +155,8 @@ class Scheduler:
                 self._outbox.put(job, [closed])
                 job.sampler.free()
             self._flush()
+        if self._failure is not None and self.on_failure is not None:
+            self.on_failure()
 
     def _flush(self) -> None:
         with self._cond:

@@ -55,6 +55,8 @@ def serve(config: LlamaCppConfig, conn: Connection, log_level: int = logging.WAR
     except KimiserveError as exc:
         send(("failed", exc))
         return
+    # A scheduler that failed (a bug) leaves a useless process: exit, and be restarted.
+    core.scheduler.on_failure = lambda: os._exit(70)
     send(("ready", {"n_ctx_seq": core.n_ctx_seq, "pid": os.getpid()}))
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="worker-calls")
 
