@@ -3,7 +3,9 @@
     KimiserveError                       code, status, public message, parameter
     ├── InvalidRequest (400)             a request parameter is missing or wrong
     │   ├── UnsupportedFeature (400)     valid, but not available on this server/model
-    │   └── ContextLengthExceeded (400)  prompt + maxTokens do not fit the model
+    │   ├── ContextLengthExceeded (400)  prompt + maxTokens do not fit the model
+    │   ├── GrammarError (400)           a grammar or schema that cannot be compiled (in budget)
+    │   └── RequestCrashedEngine (400)   this exact request was in flight during repeated crashes
     ├── AuthenticationFailed (401)       missing or invalid API key
     ├── InsufficientCredits (402)
     ├── Forbidden (403)
@@ -13,7 +15,7 @@
     ├── ServiceUnavailable (503)         shutting down, engine overloaded
     ├── EngineError (500)                an engine failed; subclasses per failure
     │   ├── ModelLoadError               the model file cannot be loaded
-    │   ├── GrammarError (400)           a grammar or schema that cannot be compiled
+    │   ├── EngineCrashed (503)          the engine's worker died mid-request; it restarts
     │   └── EngineOverloaded (503)
     └── InternalError (500)
 
@@ -115,9 +117,21 @@ class ModelLoadError(EngineError):
     code = "modelLoadError"
 
 
-class GrammarError(EngineError):
+class GrammarError(InvalidRequest):
+    """The client's schema or grammar: a 400 naming it, never an engine failure."""
+
     code = "invalidGrammar"
-    status = 400
+
+
+class RequestCrashedEngine(InvalidRequest):
+    """This exact request (prompt and constraint) was in flight during repeated engine crashes."""
+
+
+class EngineCrashed(EngineError):
+    """The engine's worker process died during the request; it restarts by itself."""
+
+    code = "inferenceError"
+    status = 503
 
 
 class EngineOverloaded(EngineError):

@@ -13,7 +13,7 @@ import pytest
 
 from kimiserve.domain.types import Constraint, GenerationRequest, Message, Sampling, TextDelta
 from kimiserve.engines.llamacpp import LlamaCppEngine
-from kimiserve.engines.llamacpp.supervisor import EngineCrashed, RequestCrashedEngine
+from kimiserve.errors import EngineCrashed, RequestCrashedEngine
 from tests.engines.test_llamacpp import STORY, ask, run
 
 

@@ -34,15 +34,8 @@ from kimiserve.domain.types import Event, Finished, GenerationRequest
 from kimiserve.engines.base import Capabilities, Health
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.job import Batch, Item
-from kimiserve.engines.llamacpp.supervisor import (
-    Backend,
-    EngineCrashed,
-    InProcess,
-    RequestCrashedEngine,
-    WorkerProcess,
-    native_crash,
-)
-from kimiserve.errors import ServiceUnavailable
+from kimiserve.engines.llamacpp.supervisor import Backend, InProcess, WorkerProcess, native_crash
+from kimiserve.errors import EngineCrashed, RequestCrashedEngine, ServiceUnavailable
 
 RESTART_WAIT_S = 60.0  # how long a new request waits for a restarting worker
 FINGERPRINTS = 10_000  # crash counts kept (LRU)

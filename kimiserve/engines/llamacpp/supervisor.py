@@ -33,7 +33,7 @@ from kimiserve.domain.types import GenerationRequest
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.core import Core
 from kimiserve.engines.llamacpp.job import Emit
-from kimiserve.errors import EngineError, InvalidRequest, KimiserveError, ModelLoadError
+from kimiserve.errors import EngineCrashed, KimiserveError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 # Exits that say the worker itself failed (native crash), as opposed to being killed or stopped.
 EXTERNAL_SIGNALS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
-
-
-class EngineCrashed(EngineError):
-    """The engine's worker process died during the request; it restarts by itself."""
-
-    code = "inferenceError"
-    status = 503
-
-
-class RequestCrashedEngine(InvalidRequest):
-    """This exact request (prompt and constraint) was in flight during repeated engine crashes."""
 
 
 # OnDown(generation, exit code): the worker of that generation is gone (already restarting)
