@@ -23,6 +23,9 @@ from tests.hostile.clients import KIMI, new_uuid, post, text_task
 from tests.serverproc import ServerProcess, create_key
 
 LONG = "Count from one to one thousand in words, one number per line:\n"
+# Greedy decoding of LONG runs to maxTokens on the bundled model (a sampled one may stop early,
+# and a task that ends before the fault is injected tests nothing).
+RUNS_LONG = {"maxTokens": 4000, "temperature": 0.0}
 GRACE_S = 1.0
 
 
@@ -91,7 +94,7 @@ def start_streams(server: ServerProcess, key: str) -> tuple[Collector, Collector
     runware_uuid = new_uuid()
     runware = Collector(
         server.base_url + "/v1",
-        [text_task(LONG, taskUUID=runware_uuid, deliveryMethod="stream", settings={"maxTokens": 4000})],  # type: ignore[arg-type]
+        [text_task(LONG, taskUUID=runware_uuid, deliveryMethod="stream", settings=RUNS_LONG)],  # type: ignore[arg-type]
         key,
     )
     openai = Collector(
@@ -113,7 +116,7 @@ def start_streams(server: ServerProcess, key: str) -> tuple[Collector, Collector
 
 def start_async(server: ServerProcess, key: str) -> str:
     task_uuid = new_uuid()
-    task = text_task(LONG, taskUUID=task_uuid, deliveryMethod="async", settings={"maxTokens": 4000})
+    task = text_task(LONG, taskUUID=task_uuid, deliveryMethod="async", settings=RUNS_LONG)
     seen = post(server.base_url, "/v1", json.dumps([task]), key)
     assert seen.status == 200, seen
     return task_uuid
@@ -140,7 +143,7 @@ def test_sigterm_mid_stream_ends_every_stream_and_socket(
     async_uuid = start_async(server, key)
     sync_uuid = new_uuid()
     sync_seen: list[Any] = []
-    sync_task = text_task(LONG, taskUUID=sync_uuid, settings={"maxTokens": 4000})
+    sync_task = text_task(LONG, taskUUID=sync_uuid, settings=RUNS_LONG)
     sync = threading.Thread(
         target=lambda: sync_seen.append(post(server.base_url, "/v1", json.dumps([sync_task]), key, 60)),
         daemon=True,
@@ -151,7 +154,7 @@ def test_sigterm_mid_stream_ends_every_stream_and_socket(
     with connect(ws_url, open_timeout=10) as ws:
         ws.send(json.dumps([{"taskType": "authentication", "apiKey": key}]))
         assert "data" in json.loads(ws.recv(timeout=10))
-        ws.send(json.dumps([text_task(LONG, taskUUID=ws_uuid, settings={"maxTokens": 4000})]))
+        ws.send(json.dumps([text_task(LONG, taskUUID=ws_uuid, settings=RUNS_LONG)]))
         time.sleep(0.5)
         assert server.proc is not None
         started = time.monotonic()
