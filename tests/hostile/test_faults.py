@@ -280,3 +280,56 @@ def test_disk_full_on_the_data_directory(tmp_path: Path) -> None:
             proc.stop()
     finally:
         subprocess.run(["umount", "-l", str(data_dir)], check=False)
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    """The server's llama.cpp worker process(es): its children running the worker module."""
+    children: list[str] = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():  # a child is listed under the thread
+        try:  # that started it (a restart comes from another thread), which may have ended
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+    return [
+        int(pid)
+        for pid in children
+        if b"kimiserve.engines.llamacpp.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+@pytest.mark.timeout(180)
+def test_engine_worker_killed_mid_stream_and_task(server: ServerProcess, data_dir: Path, key: str) -> None:
+    """The engine's worker dies under two streams and an async task: every client is told within
+    5 s, the server stays up and serves the next request, nothing stays `processing`, nothing is
+    charged (a server-side failure)."""
+    runware, openai, runware_uuid = start_streams(server, key)
+    async_uuid = start_async(server, key)
+    assert server.proc is not None
+    [worker] = _worker_pids(server.proc.pid)
+    killed = time.monotonic()
+    subprocess.run(["kill", "-KILL", str(worker)], check=True)
+    for client in (runware, openai):
+        client.join(5)
+        assert not client.is_alive(), "a stream was not ended within 5 s of the crash"
+    assert time.monotonic() - killed < 6
+    terminal = runware.frames()[-1]
+    assert (
+        terminal["errors"][0]["code"] == "inferenceError"
+        and terminal["errors"][0]["taskUUID"] == runware_uuid
+    )
+    assert openai.frames()[-1] == "[DONE]" and openai.frames()[-2]["error"]["type"] == "server_error"
+    poll = json.dumps([{"taskType": "getResponse", "taskUUID": async_uuid}])
+    seen = post(server.base_url, "/v1", poll, key)
+    assert seen.errors and seen.errors[0]["code"] == "inferenceError", seen
+    after = post(
+        server.base_url, "/v1", json.dumps([text_task("Say hi.", settings={"maxTokens": 4})]), key, 90
+    )
+    assert after.status == 200, after
+    assert _worker_pids(server.proc.pid) not in ([], [worker])  # a new worker serves
+    rows = task_rows(data_dir)
+    assert not [u for u, (status, _) in rows.items() if status == "processing"], rows
+    with sqlite3.connect(data_dir / "kimiserve.db") as db:
+        charged = db.execute(
+            "SELECT count(*) FROM usage_records WHERE request_id IN (?, ?)", (runware_uuid, async_uuid)
+        ).fetchone()
+    assert charged == (0,)
