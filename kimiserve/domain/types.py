@@ -12,6 +12,17 @@ Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "unknown"]
 ThinkingLevel = Literal["none", "low", "medium", "high", "xhigh"]
 
+# The one reasoning budget, in tokens, per thinking level: both protocols' levels map here, and an
+# engine that reasons within a budget (the embedded one closes its `<think>` section itself when
+# the budget is spent) bounds reasoning by it. `maxTokens` still covers reasoning plus answer.
+THINKING_BUDGETS: dict[ThinkingLevel, int] = {
+    "none": 0,
+    "low": 256,
+    "medium": 1024,
+    "high": 4096,
+    "xhigh": 16384,
+}
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -28,6 +39,9 @@ class Message:
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # An assistant turn's reasoning, sent back in history; engines put it in the prompt only when
+    # the request's `keep_reasoning` says so (OpenAI `thinking.keep: "all"`).
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,8 @@ class GenerationRequest:
     # request of the same scope, so one account can never probe another's prompts by timing or
     # by `cached_tokens`. None: the request shares no cache with a scoped one.
     cache_scope: str | None = None
+    # Keep earlier assistant turns' reasoning in the prompt (otherwise it is dropped).
+    keep_reasoning: bool = False
 
 
 # ---- events -------------------------------------------------------------------------------
