@@ -42,6 +42,10 @@ class Message:
     # An assistant turn's reasoning, sent back in history; engines put it in the prompt only when
     # the request's `keep_reasoning` says so (OpenAI `thinking.keep: "all"`).
     reasoning: str = ""
+    # A user turn's images and videos: references while a protocol translates (URL, data URI,
+    # uploaded id), data URIs once resolved through the SSRF-safe fetcher (media/resolve.py).
+    images: tuple[str, ...] = ()
+    videos: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,6 @@ class GenerationRequest:
     thinking: ThinkingLevel = "none"
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
-    images: tuple[str, ...] = ()
-    videos: tuple[str, ...] = ()
     prompt_cache_key: str | None = None
     # Prefix-cache namespace (the account id): an engine reuses a cached prompt prefix only for a
     # request of the same scope, so one account can never probe another's prompts by timing or
@@ -104,6 +106,16 @@ class GenerationRequest:
     cache_scope: str | None = None
     # Keep earlier assistant turns' reasoning in the prompt (otherwise it is dropped).
     keep_reasoning: bool = False
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every message's images, in conversation order."""
+        return tuple(i for m in self.messages for i in m.images)
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        """Every message's videos, in conversation order."""
+        return tuple(v for m in self.messages for v in m.videos)
 
 
 # ---- events -------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Images clients upload (`imageUpload`) or reference (`inputs.images`), as stored bytes.
+"""Images clients upload (`imageUpload`) or reference (`inputs.images`), as stored bytes, and
+the videos they reference (`inputs.videos`, OpenAI `video_url`).
 
 An image reference is an uploaded image's UUID, an http(s) URL (fetched through the SSRF-safe
 fetcher), a data URI or bare base64. Uploaded bytes live in `<data_dir>/media/<imageUUID>`,
 with a row per image (owner, content type, size, digest); they are served back at
 `GET /media/<imageUUID>`. Only real images (PNG, JPEG, GIF, WebP, BMP by their magic bytes)
-are accepted.
+are accepted. A video reference is a URL, a data URI or bare base64 (there is no video upload);
+only MP4/QuickTime, WebM/Matroska and AVI (by their magic bytes) are accepted. Both are bounded
+by the same byte limit as every fetch.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from kimiserve.errors import InvalidRequest
 from kimiserve.media.fetch import FetchError, SafeFetcher
@@ -27,8 +32,11 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)", re.S)
 
 
+MediaKind = Literal["image", "video"]
+
+
 @dataclass(frozen=True)
-class Image:
+class Media:
     content: bytes
     content_type: str
 
@@ -58,6 +66,23 @@ def sniff(content: bytes) -> str | None:
     return None
 
 
+def sniff_video(content: bytes) -> str | None:
+    """The video type from the magic bytes, or None when it is not a video we take."""
+    if content[4:8] == b"ftyp":
+        return "video/quicktime" if content[8:10] == b"qt" else "video/mp4"
+    if content.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in content[:64] else "video/x-matroska"
+    if content[:4] == b"RIFF" and content[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    return None
+
+
+_KINDS: dict[MediaKind, tuple[Callable[[bytes], str | None], str, str]] = {
+    "image": (sniff, "invalidImage", "a PNG, JPEG, GIF, WebP or BMP image"),
+    "video": (sniff_video, "invalidVideo", "an MP4, QuickTime, WebM, Matroska or AVI video"),
+}
+
+
 def is_uuid(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
@@ -85,61 +110,66 @@ class MediaStore:
         )
         return StoredImage(image_id, image.content_type, len(image.content))
 
-    async def load(self, account_id: str, ref: str, *, parameter: str) -> Image:
-        """The image a reference names; InvalidRequest naming `parameter` when it cannot be had."""
+    async def load(self, account_id: str, ref: str, *, parameter: str, kind: MediaKind = "image") -> Media:
+        """The image (or video) a reference names; InvalidRequest naming `parameter` when it
+        cannot be had."""
+        code = _KINDS[kind][1]
+        if kind == "video" and is_uuid(ref):
+            raise InvalidRequest(
+                f"{parameter}: videos are not uploaded to this server; send a URL or a data URI.",
+                code=code,
+                parameter=parameter,
+            )
         if is_uuid(ref):
             row = await self._rows.get(ref.lower())
             if row is None or row.account_id != account_id:
                 raise InvalidRequest(
-                    f"No uploaded image {ref} for this account.", code="invalidImage", parameter=parameter
+                    f"No uploaded image {ref} for this account.", code=code, parameter=parameter
                 )
-            return Image(await asyncio.to_thread(self.path_of(row.id).read_bytes), row.content_type)
+            return Media(await asyncio.to_thread(self.path_of(row.id).read_bytes), row.content_type)
         if ref.startswith(("http://", "https://")):
             try:
                 content = (await self._fetcher.get(ref)).content
             except FetchError as exc:
-                raise InvalidRequest(
-                    f"{parameter}: {exc}", code="invalidImage", parameter=parameter
-                ) from None
+                raise InvalidRequest(f"{parameter}: {exc}", code=code, parameter=parameter) from None
         else:
-            content = self._decode(ref, parameter)
-        return self._checked(content, parameter)
+            content = self._decode(ref, parameter, code)
+        return self._checked(content, parameter, kind)
 
-    def _decode(self, ref: str, parameter: str) -> bytes:
+    def _decode(self, ref: str, parameter: str, code: str) -> bytes:
         match = _DATA_URI.fullmatch(ref) if ref.startswith("data:") else None
         if ref.startswith("data:") and match is None:
-            raise InvalidRequest(
-                f"{parameter} is not a base64 data URI.", code="invalidImage", parameter=parameter
-            )
+            raise InvalidRequest(f"{parameter} is not a base64 data URI.", code=code, parameter=parameter)
         text = match.group("data") if match is not None else ref
         if len(text) > self._max_bytes * 4 // 3 + 4:
             raise InvalidRequest(
                 f"{parameter} is over the {self._max_bytes}-byte limit.",
-                code="invalidImage",
+                code=code,
                 parameter=parameter,
             )
         try:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest(
-                f"{parameter} is not valid base64 image data.", code="invalidImage", parameter=parameter
+                f"{parameter} is not valid base64 data.", code=code, parameter=parameter
             ) from None
 
-    def _checked(self, content: bytes, parameter: str) -> Image:
+    def _checked(self, content: bytes, parameter: str, kind: MediaKind) -> Media:
+        detect, code, described = _KINDS[kind]
         if len(content) > self._max_bytes:
             raise InvalidRequest(
                 f"{parameter} is over the {self._max_bytes}-byte limit.",
-                code="invalidImage",
+                code=code,
                 parameter=parameter,
             )
-        content_type = sniff(content)
+        content_type = detect(content)
         if content_type is None:
             raise InvalidRequest(
-                f"{parameter} is not a PNG, JPEG, GIF, WebP or BMP image.",
-                code="invalidImage",
+                f"{parameter} is not {described}.",
+                code=code,
                 parameter=parameter,
             )
-        return Image(content, content_type)
+        return Media(content, content_type)
 
     def path_of(self, image_id: str) -> Path:
         if not is_uuid(image_id):

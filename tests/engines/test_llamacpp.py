@@ -310,7 +310,8 @@ async def test_without_max_tokens_runs_until_the_context_is_full(engine: LlamaCp
 
 async def test_images_are_unsupported(engine: LlamaCppEngine) -> None:
     with pytest.raises(UnsupportedFeature) as caught:
-        await engine.check(replace(ask("what is this?"), images=("https://example.com/a.png",)))
+        looking = Message("user", "what is this?", images=("https://example.com/a.png",))
+        await engine.check(replace(ask("what is this?"), messages=(looking,)))
     assert caught.value.parameter == "images"
 
 

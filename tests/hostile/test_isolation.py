@@ -13,7 +13,7 @@ import pytest
 
 from kimiserve.delivery.webhooks import sign
 from kimiserve.errors import KimiserveError
-from kimiserve.media.resolve import resolve_images
+from kimiserve.media.resolve import resolve_media
 from kimiserve.media.uploads import MediaStore
 from kimiserve.services import build_fetcher, open_platform
 from kimiserve.settings import Settings
@@ -72,10 +72,10 @@ async def test_uploads(fake_server: ServerProcess, keys: dict[str, str]) -> None
         bob = await platform.account_store.find_account_by_name("bob")
         assert alice is not None and bob is not None
         media = MediaStore(settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, 1 << 20)
-        [image] = await resolve_images(media, alice.id, [image_uuid])
+        [image] = await resolve_media(media, alice.id, [image_uuid])
         assert image.data_uri().startswith("data:image/png;base64,")
         with pytest.raises(KimiserveError) as refused:
-            await resolve_images(media, bob.id, [image_uuid])
+            await resolve_media(media, bob.id, [image_uuid])
         assert refused.value.parameter == "inputs.images.0"
     finally:
         await fetcher.aclose()

@@ -36,6 +36,15 @@ from starlette.routing import Route
 MODEL = "moonshotai/Kimi-K2.6"
 
 
+def text_of(message: dict[str, Any]) -> str:
+    """A message's text: `content` is a string or, with images or videos, a list of parts (the
+    OpenAI content-part form vLLM takes); the stand-in reads only the text parts."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return str(content)
+
+
 def words(text: str) -> int:
     return len(text.split())
 
@@ -93,7 +102,7 @@ class Standin:
         self.requests.append(body)
         messages = body.get("messages") or []
         last = messages[-1] if messages else {"role": "user", "content": ""}
-        text = last.get("content") or ""
+        text = text_of(last)
         if "#error400" in text:
             return error(400, "temperature must be in [0, 2], got 7.0.", "BadRequestError", "temperature")
         if "#error500" in text:
@@ -200,8 +209,8 @@ class Standin:
                 yield chunk({"content": ("" if i == 0 else " ") + word})
                 produced += 1
         yield chunk({"content": ""}, finish)
-        prompt = sum(words(str(m.get("content") or "")) + 1 for m in messages)
-        first = str(messages[0].get("content") or "") if messages else ""
+        prompt = sum(words(text_of(m)) + 1 for m in messages)
+        first = text_of(messages[0]) if messages else ""
         prefix = (str(body.get("cache_salt") or ""), first)
         cached = words(first) + 1 if prefix in self.seen_prefixes else 0
         self.seen_prefixes.add(prefix)

@@ -6,7 +6,10 @@ The Kimi quirks live here, not in a protocol module:
 - tool-call ids in history renamed `functions.{name}:{idx}` (Moonshot's K2 Vendor Verifier: ids of
   another shape break the chat template's parsing), tool results renamed with them;
 - `cache_salt` (vLLM) = the request's cache scope, so one account's prefix cache is never
-  another's; `prompt_cache_key` forwarded.
+  another's; `prompt_cache_key` forwarded;
+- a user message's images and videos (data URIs, resolved by kimiserve through the SSRF-safe
+  fetcher) as `image_url` / `video_url` content parts after its text, the parts vLLM and SGLang
+  take for Kimi K2.6 and Moonshot's API documents.
 """
 
 from __future__ import annotations
@@ -39,8 +42,17 @@ class IdMap:
         return wire
 
 
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    if not (message.images or message.videos):
+        return message.content
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in message.images]
+    parts += [{"type": "video_url", "video_url": {"url": url}} for url in message.videos]
+    return parts
+
+
 def _message(message: Message, ids: IdMap, normalise: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
     if message.tool_calls:
         out["tool_calls"] = [
             {

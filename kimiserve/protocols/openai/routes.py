@@ -16,6 +16,7 @@ from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
+from kimiserve.media.resolve import resolve_message_media
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
 from kimiserve.protocols.openai.stream import PROTOCOL, open_stream, rate_limit_headers
@@ -65,6 +66,9 @@ async def chat_completions(request: Request) -> Response:
         names = translate.param_names(chat)
         model = pipeline.model(principal, chat.model)
         base = translate.to_generation_request(chat, model)
+        base = await resolve_message_media(
+            services.media, principal.account_id, base, translate.media_parameter(chat)
+        )
         admission = await pipeline.admit(
             principal, model, base, n=chat.n or 1, seed=chat.seed, protocol=PROTOCOL, request_id=completion_id
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +29,9 @@ from kimiserve.domain.types import (
 )
 from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
+from kimiserve.media.uploads import MediaKind
 from kimiserve.protocols.openai.errors import from_validation
-from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ResponseFormat
+from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ContentPart, ResponseFormat
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,10 @@ def _text_of(message: ChatMessage, i: int, model: ServedModel) -> tuple[str, lis
     return "\n".join(texts), images, videos
 
 
-def _messages(chat: ChatCompletionRequest, model: ServedModel) -> tuple[list[Message], list[str], list[str]]:
+def _messages(chat: ChatCompletionRequest, model: ServedModel) -> list[Message]:
     out: list[Message] = []
-    images: list[str] = []
-    videos: list[str] = []
     for i, m in enumerate(chat.messages):
-        text, m_images, m_videos = _text_of(m, i, model)
-        images += m_images
-        videos += m_videos
+        text, images, videos = _text_of(m, i, model)
         if m.role == "tool":
             if not m.tool_call_id:
                 raise InvalidRequest(
@@ -139,8 +136,29 @@ def _messages(chat: ChatCompletionRequest, model: ServedModel) -> tuple[list[Mes
             )
             out.append(Message(role="assistant", content=text, tool_calls=calls))
         else:
-            out.append(Message(role="system" if m.role == "developer" else m.role, content=text))
-    return out, images, videos
+            out.append(
+                Message(
+                    role="system" if m.role == "developer" else m.role,
+                    content=text,
+                    images=tuple(images),
+                    videos=tuple(videos),
+                )
+            )
+    return out
+
+
+def media_parameter(chat: ChatCompletionRequest) -> Callable[[int, MediaKind, int], str]:
+    """Names the k-th image (or video) of message i as the client sent it:
+    `messages[i].content[j].image_url.url`."""
+
+    def parameter(i: int, kind: MediaKind, k: int) -> str:
+        content = chat.messages[i].content
+        parts = [
+            j for j, p in enumerate(content or []) if isinstance(p, ContentPart) and p.type == f"{kind}_url"
+        ]
+        return f"messages[{i}].content[{parts[k]}].{kind}_url.url"
+
+    return parameter
 
 
 def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
@@ -229,7 +247,7 @@ def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
 
 def to_generation_request(chat: ChatCompletionRequest, model: ServedModel) -> GenerationRequest:
     _refuse_unsupported(chat)
-    messages, images, videos = _messages(chat, model)
+    messages = _messages(chat, model)
     thinking = _thinking(chat, model)
     tools, tool_choice = _tools(chat, model)
     stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
@@ -254,8 +272,6 @@ def to_generation_request(chat: ChatCompletionRequest, model: ServedModel) -> Ge
         thinking=thinking,
         tools=tools,
         tool_choice=tool_choice,
-        images=tuple(images),
-        videos=tuple(videos),
         prompt_cache_key=chat.prompt_cache_key,
     )
 

@@ -28,7 +28,7 @@ from kimiserve.errors import (
 )
 from kimiserve.http.context import Context
 from kimiserve.media.fetch import FetchError
-from kimiserve.media.resolve import resolve_images
+from kimiserve.media.resolve import resolve_media
 from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
 from kimiserve.protocols.runware.errors import error_item, status_of
@@ -148,28 +148,38 @@ class Dispatcher:
         pipeline = self._services.pipeline
         pipeline.authorize(principal, "inference")
         model = pipeline.model(principal, task.model)
-        translate.refuse_unsupported(task, model.engine.capabilities, resolves_images=True)
-        if task.inputs is not None and task.inputs.images and not model.engine.capabilities.vision:
+        translate.refuse_unsupported(task, model.engine.capabilities, resolves_media=True)
+        if not model.engine.capabilities.vision and task.inputs is not None:
             served = model.stand_in_for or model.id
-            raise UnsupportedFeature(
-                f"The served model ({served}) has no image input; send the task without inputs.images.",
-                parameter="inputs.images",
-            )
+            for kind, refs in (("images", task.inputs.images), ("videos", task.inputs.videos)):
+                if refs:
+                    raise UnsupportedFeature(
+                        f"The served model ({served}) has no {kind[:-1]} input; "
+                        f"send the task without inputs.{kind}.",
+                        parameter=f"inputs.{kind}",
+                    )
         return model
 
-    async def resolve_images(self, principal: Principal, task: TextInferenceTask) -> tuple[str, ...]:
-        """The task's `inputs.images` as data URIs; an image that cannot be had names its index."""
-        refs = task.inputs.images if task.inputs is not None and task.inputs.images else []
-        if not refs:
-            return ()
-        images = await resolve_images(self._services.media, principal.account_id, refs)
-        return tuple(image.data_uri() for image in images)
+    async def resolve_inputs(
+        self, principal: Principal, task: TextInferenceTask
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The task's `inputs.images` and `inputs.videos` as data URIs; one that cannot be had
+        names its index."""
+        inputs = task.inputs
+        if inputs is None or not (inputs.images or inputs.videos):
+            return (), ()
+        media, account = self._services.media, principal.account_id
+        images = await resolve_media(media, account, inputs.images or [], parameter="inputs.images")
+        videos = await resolve_media(
+            media, account, inputs.videos or [], parameter="inputs.videos", kind="video"
+        )
+        return tuple(m.data_uri() for m in images), tuple(m.data_uri() for m in videos)
 
     async def admit(self, principal: Principal, task: TextInferenceTask) -> Admission:
         """Everything before a textInference runs: checks, images, webhook URL, then the pipeline's
         admission (limits and credit). The caller owns the returned admission."""
         model = self.prepare(principal, task)
-        images = await self.resolve_images(principal, task)
+        images, videos = await self.resolve_inputs(principal, task)
         if task.webhookURL is not None:
             try:
                 await self._services.fetcher.check_url(task.webhookURL)
@@ -177,7 +187,7 @@ class Dispatcher:
                 raise InvalidRequest(
                     f"webhookURL: {exc}", code="invalidWebhookURL", parameter="webhookURL"
                 ) from None
-        request = translate.to_generation_request(task, model.id, images)
+        request = translate.to_generation_request(task, model.id, images, videos)
         return await self._services.pipeline.admit(
             principal,
             model,

@@ -7,6 +7,7 @@ defaults, so the wire model and the request it becomes cannot drift apart.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from kimiserve.domain.pipeline import GenerationResult
@@ -35,14 +36,14 @@ _CHOICE = {"auto": "auto", "any": "required", "none": "none", "tool": "named"}
 
 
 def refuse_unsupported(
-    task: TextInferenceTask, capabilities: Capabilities, *, resolves_images: bool = False
+    task: TextInferenceTask, capabilities: Capabilities, *, resolves_media: bool = False
 ) -> None:
     """Fields the served engine cannot honour (or whose behaviour lands in later work):
     validated already, refused by name here.
 
-    `inputs.images` is left to a caller that resolves the images first (`resolves_images`),
-    so that an image that cannot be had is named by its index before the model's lack of
-    vision is reported; any other caller gets the images refused outright.
+    `inputs.images` and `inputs.videos` are left to a caller that checks the model's vision
+    itself and resolves them (`resolves_media`, naming one that cannot be had by its index);
+    any other caller gets them refused outright.
     """
     settings = task.settings or DEFAULT_SETTINGS
     _refuse_tools(task, capabilities)
@@ -53,9 +54,9 @@ def refuse_unsupported(
         )
     inputs = task.inputs
     if inputs is not None:
-        if inputs.images and not resolves_images:
+        if inputs.images and not resolves_media:
             raise UnsupportedFeature("The served model has no image input.", parameter="inputs.images")
-        if inputs.videos:
+        if inputs.videos and not resolves_media:
             raise UnsupportedFeature("The served model has no video input.", parameter="inputs.videos")
         if inputs.documents:
             raise UnsupportedFeature("The served model has no document input.", parameter="inputs.documents")
@@ -120,11 +121,18 @@ def _message(wire: WireMessage) -> Message:
 
 
 def to_generation_request(
-    task: TextInferenceTask, model_id: str, images: tuple[str, ...] = ()
+    task: TextInferenceTask,
+    model_id: str,
+    images: tuple[str, ...] = (),
+    videos: tuple[str, ...] = (),
 ) -> GenerationRequest:
-    """`images` are the task's resolved `inputs.images`, as data URIs."""
+    """`images` and `videos` are the task's resolved `inputs`, as data URIs: they belong to the
+    task's last user message (the turn the task asks about)."""
     settings = task.settings or DEFAULT_SETTINGS
     messages = [_message(m) for m in task.messages]
+    if images or videos:
+        last = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+        messages[last] = replace(messages[last], images=images, videos=videos)
     if settings.systemPrompt:
         messages.insert(0, Message(role="system", content=settings.systemPrompt))
     sampling = Sampling(
@@ -145,7 +153,6 @@ def to_generation_request(
         thinking=settings.thinkingLevel,
         tools=_tools(task),
         tool_choice=_tool_choice(task.toolChoice),
-        images=images,
         prompt_cache_key=settings.promptCacheKey,
     )
 

@@ -36,8 +36,11 @@ async def upstream(standin: StandinProcess) -> AsyncIterator[UpstreamEngine]:
     await engine.aclose()
 
 
-def ask(text: str, **fields: object) -> GenerationRequest:
-    return GenerationRequest(model="kimi-k2.6", messages=(Message("user", text),), **fields)  # type: ignore[arg-type]
+def ask(
+    text: str, images: tuple[str, ...] = (), videos: tuple[str, ...] = (), **fields: object
+) -> GenerationRequest:
+    message = Message("user", text, images=images, videos=videos)
+    return GenerationRequest(model="kimi-k2.6", messages=(message,), **fields)  # type: ignore[arg-type]
 
 
 async def collect(events: AsyncIterator[Event]) -> list[Event]:
