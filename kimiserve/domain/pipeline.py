@@ -17,6 +17,24 @@ Money (the policy, also in the README):
 - A client that leaves mid-generation pays for what was produced until then (its prompt and the
   tokens streamed), as OpenAI bills; the usage row says `disconnected`.
 - Nothing is charged twice: a hold is settled or released once (the store refuses a second).
+
+The built-in tools' loop (`admit(builtin_tools=…)`, e.g. `search`, `codeInterpreter`):
+- Admission checks each tool can run here (`ToolRegistry.require`: ToolUnavailable names
+  `tools`) and adds their function specs to the request, before anything is held.
+- A generation is then one or more rounds. When a round's engine emits a `ToolCallEvent` for a
+  built-in, the stream yields `BuiltinToolCall` instead; when the round ends, each call is run
+  (a bad call or failed run is a `BuiltinToolResult` with `is_error`, told to the model, never
+  raised), its `BuiltinToolResult` yielded, the assistant turn and the tool messages appended,
+  and the next round generated. A call to a client function ends the loop (finish `tool_calls`).
+- Bounds: at most `max_tool_rounds` rounds, the last without the built-ins (calls it still makes
+  are not run, and the finish is `length`); `max_tokens` bounds all rounds together; a forced
+  tool choice forces the first round only.
+- Money: each round holds its own worst case before it runs (its prompt, counted again, plus the
+  output tokens left) and is settled when it ends, charged what it adds to the cost of the rounds
+  so far, so the charges add up to the cost of the summed usage. A balance that cannot cover the
+  next round is `InsufficientCredits` there. One `Usage` (the rounds' sum) and one `Finished`
+  end the stream. Leaving mid-round charges that round's tokens so far; leaving during a tool
+  run cancels it and charges nothing more; a failure or shutdown releases the current round.
 """
 
 from __future__ import annotations
