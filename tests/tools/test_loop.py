@@ -508,3 +508,20 @@ async def test_engine_without_tool_calling_refuses_builtins(server: InProcess, a
         engine.capabilities = capabilities
     assert reply.status_code == 400
     assert reply.json()["errors"][0]["parameter"] == "tools"
+
+
+async def test_engine_failing_in_a_later_round_releases_that_round(
+    server: InProcess, admin: AdminClient
+) -> None:
+    key = await admin.account_with_key("fails-late", micros=10_000_000)
+    server.engine.script = [[search()], [TextDelta("a"), TextDelta(" b"), TextDelta(" c")]]
+    server.engine.fail_after = 1  # each round: the second event fails (round 1 has one)
+    try:
+        reply = await post(server, key, task([{"type": "search"}]))
+    finally:
+        server.engine.fail_after = None
+    assert reply.status_code >= 500 and reply.json()["errors"][0]["code"] == "inferenceError", reply.text
+    account = await admin.show("fails-late")
+    assert_ledger_consistent(account)  # nothing left held
+    assert account["usage"]["generations"] == 1  # round 1 ran and was charged; round 2 was not
+    assert account["usage"]["completion_tokens"] == 1
