@@ -345,7 +345,8 @@ class Admission:
     # ---- the built-in tools' loop ---------------------------------------------------------
 
     def _budget_left(self, total: Usage) -> int | None:
-        """Output tokens the next round may produce: `max_tokens` bounds every round together."""
+        """Output tokens the next round may produce: `max_tokens` bounds every round together
+        (the same for every generation: `fan_out` changes only the seed)."""
         limit = self.generations[0].request.sampling.max_tokens
         return None if limit is None else limit - total.completion_tokens
 

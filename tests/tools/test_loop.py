@@ -366,10 +366,10 @@ async def test_client_leaving_during_a_tool_run_stops_it_and_pays_the_rounds_bef
     ):
         async for line in r.aiter_lines():
             if "builtinTools" in line:
+                deadline = time.monotonic() + 5
+                while not ran and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)  # still connected until the tool runs: then leave
                 break
-        deadline = time.monotonic() + 5
-        while not ran and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # the tool is running: leave now
     deadline = time.monotonic() + 5
     while (account := await admin.show("leaves-tool"))["usage"][
         "generations"
