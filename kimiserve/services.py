@@ -31,6 +31,7 @@ from kimiserve.storage.sql.outbox import SqlOutboxStore
 from kimiserve.storage.sql.sqlite_ledger import SqliteLedgerStore
 from kimiserve.storage.sql.tasks import SqlTaskStore
 from kimiserve.storage.sql.usage import SqlUsageStore
+from kimiserve.tools.builtin import build_registry as build_tool_registry
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class Services:
         await self.webhooks.aclose()
         await self.platform.aclose()
         await self.fetcher.aclose()
+        if self.pipeline.tools is not None:
+            await self.pipeline.tools.aclose()
         for engine in self.registry.engines():
             await engine.aclose()
 
@@ -231,6 +234,8 @@ async def build_services(settings: Settings) -> Services:
             platform.account_store,
             metrics,
             max_waiting=settings.max_waiting,
+            tools=build_tool_registry(settings),
+            max_tool_rounds=settings.tool_max_rounds,
         ),
         metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     code_max_output_bytes: int = Field(
         64 * 1024, description="Built-in codeInterpreter: stdout and stderr kept per run (each); more is cut."
     )
+    tool_max_rounds: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Built-in tools' loop: generation rounds one request may take (the last one "
+        "without the built-in tools, so the model answers).",
+    )
     shutdown_grace_s: float = Field(
         10.0,
         description="On SIGTERM, how long running requests, streams and WebSocket tasks may take to "

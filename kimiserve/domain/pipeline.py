@@ -17,41 +17,79 @@ Money (the policy, also in the README):
 - A client that leaves mid-generation pays for what was produced until then (its prompt and the
   tokens streamed), as OpenAI bills; the usage row says `disconnected`.
 - Nothing is charged twice: a hold is settled or released once (the store refuses a second).
+
+The built-in tools' loop (`admit(builtin_tools=…)`, e.g. `search`, `codeInterpreter`):
+- Admission checks each tool can run here (`ToolRegistry.require`: ToolUnavailable names
+  `tools`) and adds their function specs to the request, before anything is held.
+- A generation is then one or more rounds. When a round's engine emits a `ToolCallEvent` for a
+  built-in, the stream yields `BuiltinToolCall` instead; when the round ends, each call is run
+  (a bad call or failed run is a `BuiltinToolResult` with `is_error`, told to the model, never
+  raised), its `BuiltinToolResult` yielded, the assistant turn and the tool messages appended,
+  and the next round generated. A call to a client function ends the loop (finish `tool_calls`).
+- Bounds: at most `max_tool_rounds` rounds, the last without the built-ins (calls it still makes
+  are not run, and the finish is `length`); `max_tokens` bounds all rounds together; a forced
+  tool choice forces the first round only.
+- Money: each round holds its own worst case before it runs (its prompt, counted again, plus the
+  output tokens left) and is settled when it ends, charged what it adds to the cost of the rounds
+  so far, so the charges add up to the cost of the summed usage. A balance that cannot cover the
+  next round is `InsufficientCredits` there. One `Usage` (the rounds' sum) and one `Finished`
+  end the stream. Leaving mid-round charges that round's tokens so far; leaving during a tool
+  run cancels it and charges nothing more; a failure or shutdown releases the current round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kimiserve.domain.ports import AccountStore, Hold, InsufficientBalance, LedgerStore, UsageRow
 from kimiserve.domain.types import (
+    BuiltinToolCall,
+    BuiltinToolResult,
     Event,
     Finished,
     FinishReason,
     GenerationRequest,
+    Message,
+    PipelineEvent,
     ReasoningDelta,
     TextDelta,
     ToolCall,
     ToolCallEvent,
+    ToolChoice,
+    ToolCitation,
+    ToolSpec,
     Usage,
 )
 from kimiserve.engines.registry import ModelRegistry, ServedModel
-from kimiserve.errors import EngineError, Forbidden, InsufficientCredits, KimiserveError, ServiceUnavailable
+from kimiserve.errors import (
+    EngineError,
+    Forbidden,
+    InsufficientCredits,
+    InvalidRequest,
+    KimiserveError,
+    ServiceUnavailable,
+    UnsupportedFeature,
+)
 from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.rate_limits import Permit, RateLimiter
+
+if TYPE_CHECKING:
+    from kimiserve.tools.builtin import BuiltinTool, ToolRegistry
 
 log = logging.getLogger(__name__)
 
 UINT32 = 2**32
+DEFAULT_TOOL_ROUNDS = 8
 # Per message, tokens a chat template may add around the text (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 16
 
@@ -92,6 +130,17 @@ class GenerationResult:
     usage: Usage
     finish_reason: FinishReason
     cost_micros: int
+    # The built-in tools' runs, in order (each with its call), for the server-side tool loop.
+    builtin: tuple[BuiltinToolResult, ...] = ()
+
+    @property
+    def citations(self) -> tuple[ToolCitation, ...]:
+        """Every built-in run's citations, first occurrence of each URL kept."""
+        seen: dict[str, ToolCitation] = {}
+        for run in self.builtin:
+            for citation in run.citations:
+                seen.setdefault(citation.url, citation)
+        return tuple(seen.values())
 
 
 def fan_out(base: GenerationRequest, seed: int | None, n: int) -> list[Generation]:
@@ -115,10 +164,11 @@ class Accumulator:
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.calls: list[ToolCall] = []
+        self.builtin: list[BuiltinToolResult] = []
         self.usage = Usage(0, 0)
         self.finish: FinishReason = "unknown"
 
-    def add(self, event: Event) -> None:
+    def add(self, event: PipelineEvent) -> None:
         if isinstance(event, TextDelta):
             self.text.append(event.text)
         elif isinstance(event, ReasoningDelta):
@@ -129,6 +179,8 @@ class Accumulator:
             self.usage = event
         elif isinstance(event, Finished):
             self.finish = event.reason
+        elif isinstance(event, BuiltinToolResult):
+            self.builtin.append(event)
 
     def result(self) -> GenerationResult:
         return GenerationResult(
@@ -139,6 +191,7 @@ class Accumulator:
             usage=self.usage,
             finish_reason=self.finish,
             cost_micros=self._model.price.cost(self.usage),
+            builtin=tuple(self.builtin),
         )
 
 
@@ -168,6 +221,9 @@ class Admission:
     prompt_tokens: int
     holds: list[Hold | None]  # per generation: its hold, None when unmetered
     permit: Permit
+    builtins: dict[str, BuiltinTool] = field(default_factory=dict)  # the request's built-in tools
+    max_rounds: int = 1  # generation rounds of the built-in tools' loop
+    metered: bool = False  # each round holds credit
     _open: list[bool] = field(default_factory=list, repr=False)  # per generation: not yet settled
     _running: list[bool] = field(default_factory=list, repr=False)  # per generation: stream() active
     _closed: bool = field(default=False, repr=False)
@@ -182,48 +238,183 @@ class Admission:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    async def stream(self, index: int) -> AsyncGenerator[Event, None]:
-        """Generation `index`'s events; settled when it finishes, released when it fails."""
-        generation = self.generations[index]
+    async def stream(self, index: int) -> AsyncGenerator[PipelineEvent, None]:
+        """Generation `index`'s events; settled when it finishes, released when it fails.
+
+        With built-in tools this is the tool loop (module docstring): one or more rounds, each
+        held and settled on its own, ending with one `Usage` (the rounds' sum) and one `Finished`.
+        """
+        request = self.generations[index].request
         pipeline = self.pipeline
         started = time.monotonic()
         first: float | None = None
-        produced = 0
-        usage: Usage | None = None
+        total = Usage(0, 0)  # the settled rounds'
+        charged = 0  # micro-USD charged for the settled rounds
+        prompt_tokens = self.prompt_tokens  # this round's
+        produced = 0  # this round's events
+        in_round = False  # a round's hold is taken and not yet settled
         self._running[index] = True
         try:
-            async with contextlib.aclosing(self.model.engine.generate(generation.request)) as events:
-                while True:
-                    event = await self._next(index, events)
-                    if event is None:
-                        break
-                    if isinstance(event, TextDelta | ReasoningDelta | ToolCallEvent):
-                        produced += 1
-                        if first is None:
-                            first = time.monotonic()
-                            pipeline.observer.first_token(self.model.id, first - started)
-                    elif isinstance(event, Usage):
-                        usage = event
-                    elif isinstance(event, Finished):
-                        final = usage if usage is not None else Usage(self.prompt_tokens, produced)
-                        await self._settle(index, final, "completed")  # its failure is ours, not the engine's
-                        pipeline.observer.generation(
-                            self.model.id, final.completion_tokens, time.monotonic() - (first or started)
-                        )
-                    yield event
+            for round_number in range(1, self.max_rounds + 1):
+                last_round = round_number == self.max_rounds
+                if round_number > 1:
+                    request, prompt_tokens = await self._next_round(index, request, total)
+                round_request = self._without_builtins(request) if last_round else request
+                in_round = True
+                produced = 0
+                usage: Usage | None = None
+                finish: FinishReason | None = None
+                text: list[str] = []
+                reasoning: list[str] = []
+                builtin_calls: list[ToolCall] = []
+                client_calls = 0
+                engine_events = self.model.engine.generate(round_request)
+                async with contextlib.aclosing(engine_events) as events:
+                    while (event := await self._next(index, events)) is not None:
+                        if isinstance(event, TextDelta | ReasoningDelta | ToolCallEvent):
+                            produced += 1
+                            if first is None:
+                                first = time.monotonic()
+                                pipeline.observer.first_token(self.model.id, first - started)
+                        if isinstance(event, Usage):
+                            usage = event
+                        elif isinstance(event, Finished):
+                            finish = event.reason
+                        elif isinstance(event, ToolCallEvent) and event.call.name in self.builtins:
+                            builtin_calls.append(event.call)
+                            yield BuiltinToolCall(event.call)
+                        else:
+                            if isinstance(event, TextDelta):
+                                text.append(event.text)
+                            elif isinstance(event, ReasoningDelta):
+                                reasoning.append(event.text)
+                            elif isinstance(event, ToolCallEvent):
+                                client_calls += 1
+                            yield event
+                if finish is None:
+                    return  # an engine that ends without finishing: released, as before the loop
+                round_usage = usage if usage is not None else Usage(prompt_tokens, produced)
+                total = _add_usage(total, round_usage)
+                cost = self.model.price.cost(total) - charged
+                budget_left = self._budget_left(total)
+                more = (
+                    bool(builtin_calls)
+                    and not client_calls
+                    and not last_round
+                    and finish != "length"
+                    and (budget_left is None or budget_left > 0)
+                )
+                runnable = more or (bool(builtin_calls) and bool(client_calls))
+                await self._settle(index, round_usage, "completed", cost=cost, end=not more)
+                charged += cost
+                in_round = False
+                outcomes: list[BuiltinToolResult] = []
+                for call in builtin_calls:
+                    if runnable:
+                        outcome = await self._run_builtin(call)
+                    else:
+                        outcome = _not_run(call, self.max_rounds)
+                    outcomes.append(outcome)
+                    yield outcome
+                if more:
+                    request = _with_round(request, "".join(text), "".join(reasoning), outcomes)
+                    continue
+                if builtin_calls and not runnable:
+                    finish = "length"  # the loop's bound was reached with calls left unrun
+                pipeline.observer.generation(
+                    self.model.id, total.completion_tokens, time.monotonic() - (first or started)
+                )
+                yield total
+                yield Finished(finish)
+                return
         except (GeneratorExit, asyncio.CancelledError):
             # The consumer stopped: a client that left pays for what it got; a shutdown does not.
-            if pipeline.shutting_down:
+            if pipeline.shutting_down or not in_round:
                 await asyncio.shield(self._release(index))
             else:
-                cut = Usage(self.prompt_tokens, produced)
-                await asyncio.shield(self._settle(index, cut, "disconnected"))
+                cut = Usage(prompt_tokens, produced)
+                cost = self.model.price.cost(_add_usage(total, cut)) - charged
+                await asyncio.shield(self._settle(index, cut, "disconnected", cost=cost))
             raise
         except BaseException:
             await asyncio.shield(self._release(index))
             raise
         finally:
             self._running[index] = False
+
+    # ---- the built-in tools' loop ---------------------------------------------------------
+
+    def _budget_left(self, total: Usage) -> int | None:
+        """Output tokens the next round may produce: `max_tokens` bounds every round together
+        (the same for every generation: `fan_out` changes only the seed)."""
+        limit = self.generations[0].request.sampling.max_tokens
+        return None if limit is None else limit - total.completion_tokens
+
+    def _without_builtins(self, request: GenerationRequest) -> GenerationRequest:
+        """The last round: the built-in tools withheld, so the model answers."""
+        if not self.builtins:
+            return request
+        tools = tuple(t for t in request.tools if t.name not in self.builtins)
+        choice = request.tool_choice
+        if not tools:
+            choice = ToolChoice(mode="none")
+        elif choice.mode == "named" and choice.name in self.builtins:
+            choice = ToolChoice()
+        return replace(request, tools=tools, tool_choice=choice)
+
+    async def _next_round(
+        self, index: int, request: GenerationRequest, total: Usage
+    ) -> tuple[GenerationRequest, int]:
+        """The next round's request (a forced choice is not forced again; `max_tokens` is what is
+        left of it), checked by the engine and held for like the first round."""
+        sampling = request.sampling
+        budget_left = self._budget_left(total)
+        if budget_left is not None:
+            sampling = replace(sampling, max_tokens=budget_left)
+        choice = request.tool_choice if request.tool_choice.mode in ("auto", "none") else ToolChoice()
+        request = replace(request, sampling=sampling, tool_choice=choice)
+        engine = self.model.engine
+        counted = await engine.check(request)
+        prompt_tokens = counted if counted is not None else prompt_token_bound(request)
+        if self.metered:
+            max_tokens = budget_left if budget_left is not None else engine.capabilities.context_length
+            worst = self.model.price.worst_case(prompt_tokens, max_tokens)
+            hold = Hold(uuid.uuid4().hex, self.principal.account_id, self.request_id, worst)
+            try:
+                await self.pipeline.ledger.reserve([hold])
+            except InsufficientBalance:
+                raise InsufficientCredits(
+                    f"The account's available balance cannot cover the next round of the built-in "
+                    f"tools' loop (${worst / 1_000_000:.6f}: {prompt_tokens} prompt tokens + "
+                    f"{max_tokens} output tokens); the rounds before it were charged.",
+                ) from None
+            self.pipeline.observer.reserved(worst)
+            self.holds[index] = hold
+        return request, prompt_tokens
+
+    async def _run_builtin(self, call: ToolCall) -> BuiltinToolResult:
+        """Run one built-in call; a bad call or a failed run is a result for the model, never raised."""
+        tool = self.builtins[call.name]
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            message = "The call's arguments are not a JSON object."
+            return BuiltinToolResult(call, {"error": message}, f"error: {message}", is_error=True)
+        try:
+            output = await tool.run(arguments)
+        except Exception:
+            log.exception("built-in tool %s failed", call.name)
+            message = f"The {call.name} tool failed on the server."
+            return BuiltinToolResult(call, {"error": message}, f"error: {message}", is_error=True)
+        return BuiltinToolResult(
+            call,
+            dict(output.result),
+            output.content_for_model,
+            tuple(ToolCitation(c.title, c.url) for c in output.citations),
+            output.is_error,
+        )
 
     async def _next(self, index: int, events: AsyncGenerator[Event, None]) -> Event | None:
         """The engine's next event (None at its end); an engine's unexpected exception becomes an
@@ -254,11 +445,16 @@ class Admission:
             raise group_error.exceptions[0] from None
         return [t.result() for t in tasks]
 
-    async def _settle(self, index: int, usage: Usage, outcome: str) -> None:
-        if not self._end(index):
+    async def _settle(
+        self, index: int, usage: Usage, outcome: str, *, cost: int | None = None, end: bool = True
+    ) -> None:
+        """Charge `usage` (at `cost`, when a loop's round is charged what its cumulative cost
+        adds) and end its hold; `end` False: a loop's round, the generation goes on."""
+        if not self._open[index] or (end and not self._end(index)):
             return
         hold = self.holds[index]
-        cost = self.model.price.cost(usage)
+        self.holds[index] = None  # settled (or, if that fails, released) below: never again
+        cost = self.model.price.cost(usage) if cost is None else cost
         row = UsageRow(
             account_id=self.principal.account_id,
             key_id=self.principal.key_id,
@@ -293,6 +489,7 @@ class Admission:
         if not self._end(index):
             return
         hold = self.holds[index]
+        self.holds[index] = None
         if hold is not None:
             await self.pipeline.release_hold(hold)
 
@@ -310,6 +507,34 @@ class Admission:
             self.permit.release()
 
 
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.cached_tokens + b.cached_tokens,
+        a.reasoning_tokens + b.reasoning_tokens,
+    )
+
+
+def _with_round(
+    request: GenerationRequest, text: str, reasoning: str, outcomes: list[BuiltinToolResult]
+) -> GenerationRequest:
+    """The conversation after a round: the assistant's turn with its calls, then each result."""
+    turn = Message(
+        role="assistant", content=text, reasoning=reasoning, tool_calls=tuple(o.call for o in outcomes)
+    )
+    results = tuple(Message(role="tool", content=o.content, tool_call_id=o.call.id) for o in outcomes)
+    return replace(request, messages=(*request.messages, turn, *results))
+
+
+def _not_run(call: ToolCall, max_rounds: int) -> BuiltinToolResult:
+    message = (
+        f"Not run: the generation reached its bound ({max_rounds} rounds or maxTokens) "
+        "before another round could use the result."
+    )
+    return BuiltinToolResult(call, {"error": message}, f"error: {message}", is_error=True)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -320,9 +545,15 @@ class Pipeline:
         observer: Observer | None = None,
         *,
         max_waiting: int = 256,
+        tools: ToolRegistry | None = None,
+        max_tool_rounds: int = DEFAULT_TOOL_ROUNDS,
     ) -> None:
-        """`max_waiting`: generations admitted per engine beyond what it decodes at once."""
+        """`max_waiting`: generations admitted per engine beyond what it decodes at once;
+        `tools`: the built-in tools (None: none on this server); `max_tool_rounds`: generation
+        rounds one request's built-in tools' loop may take."""
         self.registry = registry
+        self.tools = tools
+        self.max_tool_rounds = max_tool_rounds
         self.max_waiting = max_waiting
         # Generations admitted and not yet ended, per engine: what admission refuses beyond.
         self.outstanding: Counter[int] = Counter()
@@ -368,11 +599,21 @@ class Pipeline:
         seed: int | None = None,
         protocol: str,
         request_id: str | None = None,
+        builtin_tools: Sequence[str] = (),
     ) -> Admission:
-        """Check, rate-limit and reserve; the returned Admission runs the generations."""
+        """Check, rate-limit and reserve; the returned Admission runs the generations.
+
+        `builtin_tools`: the built-in tools the request names (`search`, `codeInterpreter`),
+        checked here (ToolUnavailable names `tools`) and offered to the engine as functions."""
         self.authorize(principal, "inference")
         request = replace(request, cache_scope=principal.account_id)
         engine = model.engine
+        builtins = await self._builtins(model, request, builtin_tools)
+        if builtins:
+            specs = tuple(
+                ToolSpec(t.name, t.description, json.dumps(t.parameters)) for t in builtins.values()
+            )
+            request = replace(request, tools=(*request.tools, *specs))
         capacity = engine.capabilities.max_concurrency + self.max_waiting
         if self.outstanding[id(engine)] + n > capacity:
             raise ServiceUnavailable(
@@ -391,9 +632,11 @@ class Pipeline:
             raise
         request_id = request_id or uuid.uuid4().hex
         holds: list[Hold | None] = [None] * n
+        metered = False
         try:
             account = await self.accounts.get_account(principal.account_id)
-            if account is not None and account.metered:
+            metered = account is not None and account.metered
+            if metered:
                 worst = model.price.worst_case(prompt_tokens, max_tokens)
                 taken = [Hold(uuid.uuid4().hex, principal.account_id, request_id, worst) for _ in range(n)]
                 try:
@@ -420,7 +663,35 @@ class Pipeline:
             prompt_tokens=prompt_tokens,
             holds=holds,
             permit=permit,
+            builtins=builtins,
+            max_rounds=self.max_tool_rounds if builtins else 1,
+            metered=metered,
         )
+
+    async def _builtins(
+        self, model: ServedModel, request: GenerationRequest, names: Sequence[str]
+    ) -> dict[str, BuiltinTool]:
+        """The built-in tools a request names, each able to run here, or the error naming `tools`."""
+        if not names:
+            return {}
+        if model.engine.capabilities.tools == "none":
+            raise UnsupportedFeature(
+                f"Tool calling is not available with {model.id}, so its built-in tools are not either.",
+                parameter="tools",
+            )
+        if self.tools is None:
+            raise UnsupportedFeature("This server runs no built-in tools.", parameter="tools")
+        unique = list(dict.fromkeys(names))
+        clash = sorted({t.name for t in request.tools} & set(unique))
+        if clash:
+            raise InvalidRequest(
+                f"A function tool is named {clash[0]!r}, like the built-in tool of that name; "
+                "rename the function.",
+                parameter="tools",
+                code="invalidTools",
+            )
+        found = await asyncio.to_thread(self.tools.require, unique)  # may start a sandbox once
+        return {tool.name: tool for tool in found}
 
     def free_places(self, engine: object, n: int) -> None:
         """Generations admitted and now ended (or never run): their places are free again."""

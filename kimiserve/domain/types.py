@@ -154,3 +154,36 @@ class Finished:
 
 
 Event = TextDelta | ReasoningDelta | ToolCallEvent | Usage | Finished
+
+
+# ---- the built-in tools' loop (the pipeline runs them; see domain/pipeline.py) -------------
+
+
+@dataclass(frozen=True)
+class ToolCitation:
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class BuiltinToolCall:
+    """The model called a built-in tool: the pipeline emits this in place of the engine's
+    `ToolCallEvent`, then runs the tool."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class BuiltinToolResult:
+    """A built-in tool's run: `result` is what the client sees (camelCase keys), `content` what
+    the model was given; a failed run (`is_error`) is passed to the model too, never raised."""
+
+    call: ToolCall
+    result: dict[str, object]
+    content: str
+    citations: tuple[ToolCitation, ...] = ()
+    is_error: bool = False
+
+
+PipelineEvent = Event | BuiltinToolCall | BuiltinToolResult
+"""What `Admission.stream` yields: the engine's events, plus the built-in tools' calls and runs."""

@@ -3,7 +3,9 @@
 It speaks the same events as a real engine: the text is derived from the seed and the last
 message so tests can tell generations apart; `fail_after` makes a stream die mid-way,
 `delay_s` makes it slow and `refuse` makes `check` (and so `generate`) refuse every request
-with that error. Never used on the main path: tests there run the real model.
+with that error. `script` replays scripted events instead, one list per round of the pipeline's
+built-in tools' loop (tool calls included), so the loop is tested without a model. Never used on
+the main path: tests there run the real model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from kimiserve.domain.types import Event, Finished, GenerationRequest, TextDelta, Usage
+from kimiserve.domain.types import (
+    Event,
+    Finished,
+    GenerationRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallEvent,
+    Usage,
+)
 from kimiserve.engines.base import Capabilities, Health
 from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
@@ -31,6 +41,11 @@ class FakeEngine:
     delay_s: float = 0.0
     fail_after: int | None = None
     refuse: InvalidRequest | None = None  # raised by check() (and so by generate())
+    # Per round, the events to replay (the last list again for rounds beyond it); the round is
+    # the number of assistant turns after the last user message. A list without `Usage` gets one
+    # (a token per event), without `Finished` gets `tool_calls` after a call, else `stop`.
+    script: list[list[Event]] | None = None
+    requests: list[GenerationRequest] = field(default_factory=list)  # what `script` runs answered
 
     async def check(self, request: GenerationRequest) -> int:
         """What the fake cannot do: images and videos unless its capabilities say vision.
@@ -47,6 +62,10 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         await self.check(request)
+        if self.script is not None:
+            async for event in self._replay(request, self.script):
+                yield event
+            return
         last = request.messages[-1].content if request.messages else ""
         words = [f"echo[{request.sampling.seed}]", *last.split()]
         limit = request.sampling.max_tokens or len(words)
@@ -60,6 +79,31 @@ class FakeEngine:
             produced += 1
         yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=produced)
         yield Finished("length" if produced < len(words) else "stop")
+
+    async def _replay(
+        self, request: GenerationRequest, script: list[list[Event]]
+    ) -> AsyncGenerator[Event, None]:
+        self.requests.append(request)
+        round_index = 0
+        for message in reversed(request.messages):
+            if message.role == "user":
+                break
+            round_index += message.role == "assistant"
+        events = script[min(round_index, len(script) - 1)]
+        produced = 0
+        for event in events:
+            if isinstance(event, TextDelta | ReasoningDelta | ToolCallEvent):
+                if self.fail_after is not None and produced >= self.fail_after:
+                    raise EngineError("The fake engine failed on purpose.")
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                produced += 1
+            yield event
+        if not any(isinstance(e, Usage) for e in events):
+            yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=produced)
+        if not any(isinstance(e, Finished) for e in events):
+            called = any(isinstance(e, ToolCallEvent) for e in events)
+            yield Finished("tool_calls" if called else "stop")
 
     async def health(self) -> Health:
         return Health(ok=True)

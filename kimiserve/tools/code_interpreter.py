@@ -232,9 +232,18 @@ async def run_python(code: str, limits: SandboxLimits) -> CodeResult:
 
 
 def _unprivileged(limits: SandboxLimits) -> dict[str, Any]:
+    """As root, the sandbox runs as `run_as_uid`: dropped in the child before exec, by
+    `preexec_fn` (uvloop, the server's event loop, refuses `user`/`group`/`extra_groups`)."""
     if os.geteuid() != 0:
         return {}
-    return {"user": limits.run_as_uid, "group": limits.run_as_uid, "extra_groups": []}
+    uid = limits.run_as_uid
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return {"preexec_fn": drop}
 
 
 def _exit_status(returncode: int | None, truncated: bool) -> int | None:

@@ -5,7 +5,9 @@ With `n` > 1 the N generations run together and their chunks interleave as they 
 tagged with its choice index. With `stream_options.include_usage`, a last chunk with empty
 `choices` carries the usage of all of them. Errors before the first event are normal HTTP
 errors (`primed`); after it, one in-band `{"error": {...}}` event ends the stream. A client
-leaving mid-stream closes this generator, which closes the engines' streams.
+leaving mid-stream closes this generator, which closes the engines' streams. The built-in
+tools' events (`BuiltinToolCall`, `BuiltinToolResult`) are not rendered: the OpenAI seeds name no
+built-in tools, so no OpenAI request runs them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from starlette.responses import StreamingResponse
 
 from kimiserve.domain.pipeline import Admission
-from kimiserve.domain.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent, Usage
+from kimiserve.domain.types import Finished, PipelineEvent, ReasoningDelta, TextDelta, ToolCallEvent, Usage
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
 from kimiserve.http.request_id import current_request_id
@@ -29,12 +31,14 @@ from kimiserve.protocols.openai.errors import render
 PROTOCOL = "openai"
 
 
-async def merge(sources: Sequence[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
+async def merge(
+    sources: Sequence[AsyncIterator[PipelineEvent]],
+) -> AsyncIterator[tuple[int, PipelineEvent]]:
     """The events of several streams as they come, each with its source's index.
 
     The first error ends the merge; closing it (or an error) closes every source.
     """
-    pending: dict[asyncio.Future[Event], int] = {
+    pending: dict[asyncio.Future[PipelineEvent], int] = {
         asyncio.ensure_future(anext(s)): i for i, s in enumerate(sources)
     }
     try:
@@ -121,7 +125,7 @@ async def _owned(
 
 async def _frames(
     reply: translate.Reply,
-    events: AsyncIterator[tuple[int, Event]],
+    events: AsyncIterator[tuple[int, PipelineEvent]],
     n: int,
     *,
     include_usage: bool,

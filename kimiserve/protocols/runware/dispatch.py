@@ -196,6 +196,7 @@ class Dispatcher:
             seed=task.seed,
             protocol=PROTOCOL,
             request_id=task.taskUUID,
+            builtin_tools=translate.builtin_tools(task),
         )
 
     async def begin(self, principal: Principal, task: TextInferenceTask, admission: Admission) -> str:

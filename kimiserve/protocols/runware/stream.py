@@ -15,7 +15,14 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from kimiserve.domain.pipeline import Accumulator, Admission
-from kimiserve.domain.types import Event, ReasoningDelta, TextDelta, ToolCallEvent
+from kimiserve.domain.types import (
+    BuiltinToolCall,
+    BuiltinToolResult,
+    PipelineEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallEvent,
+)
 from kimiserve.errors import InvalidRequest
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
@@ -65,7 +72,7 @@ async def stream_task(services: Context, principal: Principal, raw: Any) -> Resp
 
 
 async def _frames(
-    services: Context, admission: Admission, task: TextInferenceTask, events: AsyncIterator[Event]
+    services: Context, admission: Admission, task: TextInferenceTask, events: AsyncIterator[PipelineEvent]
 ) -> AsyncGenerator[bytes, None]:
     tasks = services.tasks
     task_uuid = task.taskUUID
@@ -83,6 +90,10 @@ async def _frames(
                         yield frame(translate.delta_chunk(task_uuid, event.text, reasoning=True))
                     elif isinstance(event, ToolCallEvent):
                         yield frame(translate.tool_chunk(task_uuid, event.call))
+                    elif isinstance(event, BuiltinToolCall):
+                        yield frame(translate.builtin_call_chunk(task_uuid, event.call))
+                    elif isinstance(event, BuiltinToolResult):
+                        yield frame(translate.builtin_result_chunk(task_uuid, event))
             except Exception as exc:
                 ended = True
                 err = await tasks.fail(task_uuid, exc)

@@ -12,6 +12,7 @@ from typing import Any
 
 from kimiserve.domain.pipeline import GenerationResult
 from kimiserve.domain.types import (
+    BuiltinToolResult,
     GenerationRequest,
     Message,
     Sampling,
@@ -74,13 +75,19 @@ def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
             raise UnsupportedFeature("Tool calling is not available on this model.", parameter="toolChoice")
         return
     seen: set[str] = set()
+    builtin: set[str] = set()
     for i, tool in enumerate(task.tools or ()):
         if tool.type != "function":
-            # Built-ins run by the server need its tool loop, which is not built yet.
-            raise UnsupportedFeature(
-                f"Built-in tools ({tool.type!r}) are not available yet; declare function tools only.",
-                parameter=f"tools.{i}.type",
-            )
+            # A built-in tool, run by the server's tool loop (whether it can run here is the
+            # pipeline's check); declared once, and its name is not a function's.
+            if tool.type in builtin:
+                raise InvalidRequest(
+                    f"tools.{i}.type: the built-in tool {tool.type!r} is declared twice.",
+                    parameter=f"tools.{i}.type",
+                    code="invalidTools",
+                )
+            builtin.add(tool.type)
+            continue
         assert tool.name is not None  # the wire model requires it for function tools
         if tool.name in seen:
             raise InvalidRequest(
@@ -89,6 +96,14 @@ def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
                 code="invalidTools",
             )
         seen.add(tool.name)
+    for i, tool in enumerate(task.tools or ()):
+        if tool.type == "function" and tool.name in builtin:
+            raise InvalidRequest(
+                f"tools.{i}.name: {tool.name!r} is the name of the built-in tool declared beside it; "
+                "rename the function.",
+                parameter=f"tools.{i}.name",
+                code="invalidTools",
+            )
     choice = task.toolChoice
     if choice is not None and choice.type == "any" and not task.tools:
         raise InvalidRequest(
@@ -97,10 +112,17 @@ def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
 
 
 def _tools(task: TextInferenceTask) -> tuple[ToolSpec, ...]:
+    """The client's function tools (built-ins go to the pipeline by name: `builtin_tools`)."""
     return tuple(
         ToolSpec(name=t.name or "", description=t.description or "", parameters=json.dumps(t.schema_ or {}))
         for t in task.tools or ()
+        if t.type == "function"
     )
+
+
+def builtin_tools(task: TextInferenceTask) -> tuple[str, ...]:
+    """The built-in tools the task names (`search`, `codeInterpreter`): the server runs them."""
+    return tuple(t.type for t in task.tools or () if t.type != "function")
 
 
 def _tool_choice(choice: WireToolChoice | None) -> ToolChoice:
@@ -196,6 +218,7 @@ def result_item(task: TextInferenceTask, result: GenerationResult) -> dict[str, 
         item["reasoningContent"] = [result.reasoning]
     if result.tool_calls:
         item["tools"] = [tool_item(c) for c in result.tool_calls]
+    _add_builtin(item, result)
     if task.includeUsage:
         item["usage"] = usage_item(result.usage)
     if task.includeCost:
@@ -233,4 +256,46 @@ def terminal_chunk(task: TextInferenceTask, result: GenerationResult) -> dict[st
         chunk["reasoningContent"] = [result.reasoning]
     if result.tool_calls:
         chunk["tools"] = [tool_item(c) for c in result.tool_calls]
+    _add_builtin(chunk, result)
     return chunk
+
+
+# ---- the built-in tools (run by the server; no seed field exists, kimiserve's choice) --------
+
+
+def builtin_item(run: BuiltinToolResult) -> dict[str, Any]:
+    """One built-in run as the result shows it: the call (`id`, `name`, `input`), then `result`
+    (the tool's visible output, or `{"error": …}`), `isError`, and `citations` when it has any."""
+    item = tool_item(run.call)
+    item["result"] = run.result
+    item["isError"] = run.is_error
+    if run.citations:
+        item["citations"] = [{"title": c.title, "url": c.url} for c in run.citations]
+    return item
+
+
+def _add_builtin(item: dict[str, Any], result: GenerationResult) -> None:
+    if result.builtin:
+        item["builtinTools"] = [builtin_item(r) for r in result.builtin]
+    if result.citations:
+        item["citations"] = [{"title": c.title, "url": c.url} for c in result.citations]
+
+
+def builtin_call_chunk(task_uuid: str, call: ToolCall) -> dict[str, Any]:
+    """A built-in call as the model makes it, before it runs: `delta.builtinTools` (no `result`)."""
+    return {
+        "taskUUID": task_uuid,
+        "taskType": TASK_TYPE,
+        "delta": {"builtinTools": [tool_item(call)]},
+        "finishReason": None,
+    }
+
+
+def builtin_result_chunk(task_uuid: str, run: BuiltinToolResult) -> dict[str, Any]:
+    """A built-in call once it ran: `delta.builtinTools` again, now with its `result`."""
+    return {
+        "taskUUID": task_uuid,
+        "taskType": TASK_TYPE,
+        "delta": {"builtinTools": [builtin_item(run)]},
+        "finishReason": None,
+    }
