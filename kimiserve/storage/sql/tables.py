@@ -54,6 +54,9 @@ tasks = sa.Table(
     sa.Column("error_json", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # 004: the replica running a `processing` task, and until when its lease holds.
+    sa.Column("owner", sa.String(100), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
 )
 
 usage_records = sa.Table(
@@ -130,4 +133,17 @@ ledger_entries = sa.Table(
     sa.Column("request_id", sa.String(64), nullable=True),
     sa.Column("note", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(100), nullable=True),  # 004: the replica that took a hold
+)
+
+# ---- 004_task_ownership ---------------------------------------------------------------------
+
+# One row per replica that has run: its lease, renewed while it lives. A task or hold whose
+# replica's lease has expired belongs to nobody and is ended / released by any replica's sweep.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("lease_expires_at", sa.Float, nullable=False),
 )
