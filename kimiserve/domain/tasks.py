@@ -7,8 +7,8 @@ durably; a task ends exactly once (the store keeps the first ending).
 
 Cancellation policy:
 - **Shutdown** (the server stops while a task runs): the task ends `taskInterrupted` and is not
-  charged; the client resubmits with a new taskUUID. A restart ends any task a crash cut off
-  the same way, at start-up.
+  charged; the client resubmits with a new taskUUID. A task a crash cut off ends the same way
+  once its replica's lease expires (or at once when that replica restarts): see `replicas.py`.
 - **A client leaving a stream**: the task ends `clientDisconnected`; the tokens produced until
   then are charged (pipeline policy).
 - **Every other delivery** (sync, async, webhook, WebSocket) is not tied to its connection: a
@@ -61,12 +61,9 @@ class Tasks:
         self._background: set[asyncio.Task[Any]] = set()
         self.shutting_down = False
 
-    async def recover(self) -> int:
-        """At start-up: end every task a restart cut off."""
-        count = await self.store.fail_interrupted(error_record(INTERRUPTED))
-        if count:
-            log.warning("ended %d task(s) interrupted by a restart", count)
-        return count
+    def ended_elsewhere(self, task_uuid: str) -> None:
+        """A task was ended by the ownership sweep: wake whoever waits for it here."""
+        self._wake(task_uuid)
 
     async def begin(
         self, principal: Principal, task_uuid: str, task_type: str, delivery: str, request: dict[str, Any]
