@@ -24,6 +24,7 @@ from kimiserve.platform.admin import Admin
 from kimiserve.platform.api_keys import ApiKeys, Principal
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.platform.rate_limits import RateLimiter
+from kimiserve.platform.shared_redis import SharedRedis, TaskBus
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
@@ -91,6 +92,7 @@ class Services:
     media: MediaStore
     webhooks: WebhookOutbox
     ownership: Ownership | None = None  # set once started (issue 13)
+    shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
 
     @property
     def tasks(self) -> Tasks:
@@ -115,6 +117,8 @@ class Services:
             await self.ownership.aclose()
         await self.webhooks.aclose()
         await self.platform.aclose()
+        if self.shared_redis is not None:
+            await self.shared_redis.aclose()
         await self.fetcher.aclose()
         for engine in self.registry.engines():
             await engine.aclose()
@@ -227,6 +231,10 @@ async def build_services(settings: Settings) -> Services:
         lambda row: notify_interrupted_webhook(webhooks, row),
     )
     await ownership.recover()
+    shared = SharedRedis(settings.redis_url) if settings.redis_url else None
+    if shared is not None:
+        platform.tasks.bus = TaskBus(shared)
+        await platform.tasks.bus.start()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
@@ -238,7 +246,10 @@ async def build_services(settings: Settings) -> Services:
         pipeline=Pipeline(
             registry,
             platform.ledger,
-            RateLimiter(window_s=settings.rate_limit_window_s),
+            RateLimiter(
+                shared.limits_storage() if shared is not None else None,
+                window_s=settings.rate_limit_window_s,
+            ),
             platform.account_store,
             metrics,
             max_waiting=settings.max_waiting,
@@ -254,6 +265,7 @@ async def build_services(settings: Settings) -> Services:
     webhooks.start()
     ownership.start()
     services.ownership = ownership
+    services.shared_redis = shared
     return services
 
 

@@ -45,7 +45,7 @@ class Ownership:
     async def sweep(self, *, including_own: bool = False) -> int:
         ended = await self.tasks.store.end_abandoned(error_record(INTERRUPTED), including_own=including_own)
         for row in ended:
-            self.tasks.ended_elsewhere(row.task_uuid)
+            await self.tasks.ended_elsewhere(row.task_uuid)
             await self._on_interrupted(row)
         if ended:
             log.warning("ended %d task(s) whose replica stopped", len(ended))

@@ -2,9 +2,12 @@
 
 Requests and tokens per minute are sliding-window counters of the `limits` library (O(1) per
 check whatever the count, where a moving window keeps one entry per token; in-memory storage
-on one replica; the replicas issue passes its Redis storage). Concurrency is a count of the
-requests this process is running. A refusal raises `RateLimited` with `retry_after_s`, and
-consumes nothing: every window is tested before any is hit.
+on one replica, its Redis storage — `SharedRedis.limits_storage()` — shared by several). Concurrency is a
+count of the requests this process is running (per replica). A refusal raises `RateLimited`
+with `retry_after_s`, and consumes nothing: every window is tested before any is hit. The hit
+itself is atomic and refuses past the limit, so requests racing between test and hit (on this
+replica or another) are refused too; only then may a window hit before the refusing one have
+counted the refused request.
 """
 
 from __future__ import annotations
@@ -104,7 +107,12 @@ class RateLimiter:
                 )
         permit = Permit(self, subjects)
         for kind, ident, item, cost, what in checks:
-            await self._window.hit(item, kind, ident, what, cost=cost)
+            if not await self._window.hit(item, kind, ident, what, cost=cost):  # lost a race
+                raise RateLimited(
+                    f"Rate limit reached for this {kind}: {item.amount} {what} per {self._per}.",
+                    parameter="rpm" if what == "requests" else "tpm",
+                    retry_after_s=1.0,
+                )
             stats = await self._window.get_window_stats(item, kind, ident, what)
             state = WindowState(item.amount, stats.remaining, max(0.0, stats.reset_time - time.time()))
             current = permit.requests if what == "requests" else permit.tokens
