@@ -129,7 +129,7 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
     if settings.engine == "fake":
         from kimiserve.engines.fake import FakeEngine
 
-        return FakeEngine(), "fake-echo"
+        return FakeEngine(delay_s=settings.fake_delay_s), "fake-echo"
     from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine, default_model_path
 
     path = settings.model_path or default_model_path()

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
         description="Redis shared by the replicas (rate limits, cross-replica wake-ups, WebSocket "
         "session buffers); unset: in-process versions (one replica).",
     )
+    fake_delay_s: float = Field(
+        0.0, description="The fake engine (tests only): seconds before each word, to make tasks last."
+    )
 
     @field_validator("allow_private_hosts", mode="before")
     @classmethod
