@@ -27,6 +27,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def single_statement_reads(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for one-statement reads on the hot path (authentication, getResponse): on
+    PostgreSQL in autocommit, which saves the BEGIN and ROLLBACK round trips asyncpg would add
+    around each read (a single statement sees one snapshot either way); SQLite's is unchanged."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 async def migrate_database(engine: AsyncEngine) -> list[str]:
     """Bring the schema up to date under the migration lock; return the names applied (none when
     another replica got there first). Raises SchemaTooNew for a database newer than the code."""

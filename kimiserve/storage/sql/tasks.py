@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.domain.ports import TaskExists, TaskRow
+from kimiserve.storage.sql.database import single_statement_reads
 from kimiserve.storage.sql.tables import replicas, tasks
 
 
@@ -37,6 +38,7 @@ class SqlTaskStore:
         self._db = db
         self.owner = owner
         self.lease_s = lease_s
+        self._reads = single_statement_reads(db)
 
     async def create(
         self, task_uuid: str, account_id: str, task_type: str, delivery: str, request: dict[str, Any]
@@ -84,7 +86,7 @@ class SqlTaskStore:
         return bool(result.rowcount)
 
     async def get(self, task_uuid: str) -> TaskRow | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(tasks.select().where(tasks.c.task_uuid == task_uuid))).first()
         return _row(row) if row is not None else None
 
