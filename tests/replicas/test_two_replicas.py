@@ -7,6 +7,7 @@ The tests run in file order on one pair; the last one kills A.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from tests.dbservers import PostgresServer, RedisServer
 from tests.media.stub import Received, Reply, Stub
@@ -177,6 +179,41 @@ async def test_each_webhook_delivery_is_made_once_by_one_replica(pair: Pair) -> 
         await asyncio.sleep(1.5)  # room for a duplicate to arrive, if one would
     ids = [r.headers["webhook-id"] for r in seen]
     assert len(set(ids)) == 20 and len(ids) == 20, ids
+
+
+async def _ws_auth(ws: Any, key: str, session: str | None = None) -> str:
+    frame: dict[str, Any] = {"taskType": "authentication", "apiKey": key}
+    if session is not None:
+        frame["connectionSessionUUID"] = session
+    await ws.send(json.dumps([frame]))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    return str(reply["data"][0]["connectionSessionUUID"])
+
+
+async def test_a_websocket_session_resumed_on_b_gets_what_a_buffered(pair: Pair) -> None:
+    quick = text_task()  # ~0.6 s: ends after the socket to A closed, before the resume on B
+    slow = text_task(messages=[{"role": "user", "content": " ".join(f"s{i}" for i in range(40))}])
+    async with websockets.connect(pair.a.base_url.replace("http", "ws") + "/v1") as ws:
+        session = await _ws_auth(ws, pair.admin_key)
+        await ws.send(json.dumps([quick, slow]))
+        await asyncio.sleep(0.3)  # both started on A; the socket then closes
+    await asyncio.sleep(1.0)  # the quick one has ended on A, buffered in Redis; the slow one still runs
+    async with websockets.connect(pair.b.base_url.replace("http", "ws") + "/v1") as ws:
+        assert await _ws_auth(ws, pair.admin_key, session) == session
+        got: dict[str, Any] = {}
+        while len(got) < 2:
+            for item in json.loads(await asyncio.wait_for(ws.recv(), 30))["data"]:
+                got[item["taskUUID"]] = item
+    assert set(got) == {quick["taskUUID"], slow["taskUUID"]}
+    assert all(item["text"].startswith("echo[") for item in got.values())
+
+
+async def test_another_accounts_socket_cannot_take_the_session(pair: Pair) -> None:
+    async with websockets.connect(pair.a.base_url.replace("http", "ws") + "/v1") as ws:
+        session = await _ws_auth(ws, pair.admin_key)
+    _, other = await account_key(pair)
+    async with websockets.connect(pair.b.base_url.replace("http", "ws") + "/v1") as ws:
+        assert await _ws_auth(ws, other, session) != session
 
 
 async def test_sigkill_a_ends_its_tasks_once_the_lease_expires_and_spares_b(pair: Pair) -> None:
