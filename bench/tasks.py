@@ -77,6 +77,8 @@ async def store_copies(
             db.executemany(
                 f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows
             )
+        with sqlite3.connect(sqlite_path) as db:  # the steady state: rows in the database file, not the WAL
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     else:
         assert db_url is not None
         conn = await asyncpg.connect(db_url.replace("+asyncpg", ""))
