@@ -25,7 +25,7 @@ from kimiserve.storage.sql.migrations import (
     _statements,
 )
 from tests.dbservers import PostgresServer
-from tests.serverproc import cli
+from tests.serverproc import ServerProcess, cli
 
 
 def _columns(db: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
@@ -188,3 +188,13 @@ def test_db_migrate_command_applies_then_reports_up_to_date(postgres: PostgresSe
     first = cli(tmp_path, "db", "migrate", env=env)
     assert first.splitlines() == [f"applied {name}" for name, _ in PG_MIGRATIONS]
     assert cli(tmp_path, "db", "migrate", env=env).strip() == "the database is up to date"
+
+
+def test_a_server_on_a_newer_database_refuses_to_start_saying_why(tmp_path: Path) -> None:
+    cli(tmp_path, "db", "migrate")
+    with sqlite3.connect(tmp_path / "kimiserve.db") as db:
+        db.execute("INSERT INTO schema_migrations VALUES ('999_from_the_future', 0)")
+    proc = ServerProcess(tmp_path, env={"KIMISERVE_ENGINE": "fake"})
+    with pytest.raises(RuntimeError, match="exited early") as failed:
+        proc.start(timeout_s=60)
+    assert "999_from_the_future" in str(failed.value) and "refusing to start" in str(failed.value)

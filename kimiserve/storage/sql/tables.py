@@ -109,7 +109,7 @@ media = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),  # the imageUUID
     sa.Column("account_id", sa.String(36), nullable=False, index=True),
     sa.Column("content_type", sa.String(100), nullable=False),
-    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
