@@ -10,11 +10,12 @@ import uuid
 import pytest
 
 from kimiserve.domain.ports import Limits
-from kimiserve.errors import RateLimited
+from kimiserve.errors import RateLimited, ServiceUnavailable
 from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.rate_limits import RateLimiter
 from kimiserve.platform.shared_redis import SharedRedis
 from tests.dbservers import RedisServer
+from tests.serverproc import free_port
 
 
 async def _admitted(limiters: list[RateLimiter], principal: Principal, n: int) -> int:
@@ -55,3 +56,14 @@ async def test_without_redis_each_replica_counts_alone() -> None:
     principal = Principal(account_id="acct", key_id="key", key_limits=Limits(rpm=5))
     assert await _admitted([a], principal, 8) == 5
     assert await _admitted([b], principal, 8) == 5
+
+
+async def test_an_unreachable_redis_is_a_503_never_an_unchecked_admission() -> None:
+    shared = SharedRedis(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        limiter = RateLimiter(shared.limits_storage())
+        principal = Principal(account_id="acct", key_id="key", key_limits=Limits(rpm=10))
+        with pytest.raises(ServiceUnavailable):
+            await limiter.acquire(principal, 1)
+    finally:
+        await shared.aclose()
