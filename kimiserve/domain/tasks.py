@@ -153,7 +153,8 @@ class Tasks:
                     if row.status != "processing":
                         break
                     with suppress(TimeoutError):
-                        await asyncio.wait_for(notice.wait(), timeout=remaining)
+                        # A backstop re-read every 5 s, should a notice be lost (Redis restarting)
+                        await asyncio.wait_for(notice.wait(), timeout=min(remaining, 5.0))
                 row = await self.get(principal, task_uuid)
                 continue
             try:
