@@ -230,11 +230,11 @@ async def build_services(settings: Settings) -> Services:
         settings.task_lease_s,
         lambda row: notify_interrupted_webhook(webhooks, row),
     )
-    await ownership.recover()
     shared = SharedRedis(settings.redis_url) if settings.redis_url else None
-    if shared is not None:
+    if shared is not None:  # first, so the tasks recovery ends wake their waiters on other replicas
         platform.tasks.bus = TaskBus(shared)
         await platform.tasks.bus.start()
+    await ownership.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
