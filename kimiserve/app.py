@@ -21,6 +21,7 @@ from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
+from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
 from kimiserve.protocols.runware.errors import error_item, status_of
@@ -96,7 +97,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services if services is not None else await build_services(settings)
         app.state.services = built
-        sessions = SessionRegistry(built.settings.ws_session_ttl_s, built.settings.ws_send_queue)
+        shared_buffers = None
+        if built.shared_redis is not None:  # several replicas: session buffers in Redis (issue 13)
+            shared_buffers = SessionBuffers(built.shared_redis)
+            await shared_buffers.start()
+        sessions = SessionRegistry(
+            built.settings.ws_session_ttl_s, built.settings.ws_send_queue, buffers=shared_buffers
+        )
         app.state.runware_sessions = sessions
         if on_ready is not None:
             on_ready(built)
@@ -104,6 +111,8 @@ def create_app(
             yield
         finally:
             await sessions.aclose()
+            if shared_buffers is not None:
+                await shared_buffers.aclose()
             await built.aclose()
 
     all_routes: list[BaseRoute] = [

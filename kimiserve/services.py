@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
 from kimiserve.domain.pipeline import Pipeline
+from kimiserve.domain.ports import TaskRow
+from kimiserve.domain.replicas import Ownership
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.base import Engine
 from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
@@ -22,6 +24,7 @@ from kimiserve.platform.admin import Admin
 from kimiserve.platform.api_keys import ApiKeys, Principal
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.platform.rate_limits import RateLimiter
+from kimiserve.platform.shared_redis import SharedRedis, TaskBus
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
@@ -64,7 +67,8 @@ async def open_platform(settings: Settings) -> Platform:
     keys = ApiKeys(store)
     usage = SqlUsageStore(db)
     sqlite_path = db.url.database if db.dialect.name == "sqlite" and db.url.database != ":memory:" else None
-    ledger = SqliteLedgerStore(sqlite_path) if sqlite_path else SqlLedgerStore(db)
+    owner = settings.resolved_replica_id()
+    ledger = SqliteLedgerStore(sqlite_path, owner) if sqlite_path else SqlLedgerStore(db, owner)
     return Platform(
         db=db,
         account_store=store,
@@ -72,7 +76,7 @@ async def open_platform(settings: Settings) -> Platform:
         keys=keys,
         usage=usage,
         ledger=ledger,
-        tasks=Tasks(SqlTaskStore(db)),
+        tasks=Tasks(SqlTaskStore(db, owner, settings.task_lease_s)),
         admin=Admin(store, ledger, usage, accounts, keys),
     )
 
@@ -88,6 +92,8 @@ class Services:
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
     media: MediaStore
     webhooks: WebhookOutbox
+    ownership: Ownership | None = None  # set once started (issue 13)
+    shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
 
     @property
     def tasks(self) -> Tasks:
@@ -108,8 +114,12 @@ class Services:
 
     async def aclose(self) -> None:
         self.begin_shutdown()
+        if self.ownership is not None:
+            await self.ownership.aclose()
         await self.webhooks.aclose()
         await self.platform.aclose()
+        if self.shared_redis is not None:
+            await self.shared_redis.aclose()
         await self.fetcher.aclose()
         if self.pipeline.tools is not None:
             await self.pipeline.tools.aclose()
@@ -122,7 +132,7 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
     if settings.engine == "fake":
         from kimiserve.engines.fake import FakeEngine
 
-        return FakeEngine(), "fake-echo"
+        return FakeEngine(delay_s=settings.fake_delay_s), "fake-echo"
     from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine, default_model_path
 
     path = settings.model_path or default_model_path()
@@ -194,9 +204,11 @@ def build_webhooks(settings: Settings, platform: Platform, fetcher: SafeFetcher)
     return WebhookOutbox(SqlOutboxStore(platform.db), platform.account_store, fetcher, config)
 
 
-async def notify_interrupted_webhooks(webhooks: WebhookOutbox) -> None:
-    """Webhook tasks a restart cut off get an error delivery, so their receiver is not left waiting."""
-    for task_uuid, account_id, request in await webhooks.store.interrupted_webhook_tasks():
+async def notify_interrupted_webhook(webhooks: WebhookOutbox, row: TaskRow) -> None:
+    """A webhook task a stopped replica cut off gets an error delivery, so its receiver is not left
+    waiting."""
+    task_uuid, account_id, request = row.task_uuid, row.account_id, row.request
+    if row.delivery == "webhook":
         url = request.get("webhookURL")
         if isinstance(url, str):
             error = {
@@ -214,11 +226,18 @@ async def build_services(settings: Settings) -> Services:
     platform = await open_platform(settings)
     fetcher = build_fetcher(settings)
     webhooks = build_webhooks(settings, platform, fetcher)
-    await notify_interrupted_webhooks(webhooks)
-    await platform.tasks.recover()
-    released = await platform.ledger.release_all_held()
-    if released:
-        log.warning("released %d credit hold(s) left by a restart", released)
+    ownership = Ownership(
+        platform.tasks,
+        platform.ledger,
+        settings.resolved_replica_id(),
+        settings.task_lease_s,
+        lambda row: notify_interrupted_webhook(webhooks, row),
+    )
+    shared = SharedRedis(settings.redis_url) if settings.redis_url else None
+    if shared is not None:  # first, so the tasks recovery ends wake their waiters on other replicas
+        platform.tasks.bus = TaskBus(shared)
+        await platform.tasks.bus.start()
+    await ownership.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
@@ -230,7 +249,10 @@ async def build_services(settings: Settings) -> Services:
         pipeline=Pipeline(
             registry,
             platform.ledger,
-            RateLimiter(window_s=settings.rate_limit_window_s),
+            RateLimiter(
+                shared.limits_storage() if shared is not None else None,
+                window_s=settings.rate_limit_window_s,
+            ),
             platform.account_store,
             metrics,
             max_waiting=settings.max_waiting,
@@ -246,6 +268,9 @@ async def build_services(settings: Settings) -> Services:
         webhooks=webhooks,
     )
     webhooks.start()
+    ownership.start()
+    services.ownership = ownership
+    services.shared_redis = shared
     return services
 
 

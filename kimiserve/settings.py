@@ -125,6 +125,25 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long running requests, streams and WebSocket tasks may take to "
         "finish before they are ended with their protocol's terminal error frame.",
     )
+    # ---- several replicas (issue 13) ----
+    replica_id: str | None = Field(
+        None,
+        description="This replica's name in the task-ownership table: unique per running process, "
+        "stable across its restarts (a restart ends its previous run's tasks at once). Default host:port.",
+    )
+    task_lease_s: float = Field(
+        30.0,
+        description="How long a replica's tasks stay its own without a renewal (renewed every third "
+        "of it): a replica that dies has its tasks ended `taskInterrupted` by another after this.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by the replicas (rate limits, cross-replica wake-ups, WebSocket "
+        "session buffers); unset: in-process versions (one replica).",
+    )
+    fake_delay_s: float = Field(
+        0.0, description="The fake engine (tests only): seconds before each word, to make tasks last."
+    )
 
     @field_validator("allow_private_hosts", mode="before")
     @classmethod
@@ -135,6 +154,13 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    def resolved_replica_id(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        import socket
+
+        return f"{socket.gethostname()}:{self.port}"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

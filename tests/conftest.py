@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dbservers import PostgresServer, RedisServer
 from tests.serverproc import ServerProcess, create_key
 
 
@@ -32,3 +33,29 @@ def server(server_dir: Path, api_key: str, other_key: str) -> Iterator[ServerPro
     proc.start()
     yield proc
     proc.stop()
+
+
+# ---- real PostgreSQL and Redis (issue 13): every storage-facing test runs on SQLite and PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database for one test: a SQLite file, or a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

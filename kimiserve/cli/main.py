@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s_query.add_argument("query")
     s_query.add_argument("--limit", type=int, default=5, help="most hits to show (default 5)")
     _add_common(s_query)
+    db = sub.add_parser("db", help="the database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    _add_data_dir(db_sub.add_parser("migrate", help="apply pending migrations (under the migration lock)"))
     return parser
 
 
@@ -120,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         from kimiserve.cli.serve import serve
 
         return serve(settings)
-    from kimiserve.cli import accounts, keys, models, search
+    from kimiserve.cli import accounts, db, keys, models, search
 
-    command = {"accounts": accounts.run, "keys": keys.run, "models": models.run, "search": search.run}[
-        args.command
-    ]
+    command = {
+        "accounts": accounts.run,
+        "keys": keys.run,
+        "models": models.run,
+        "search": search.run,
+        "db": db.run,
+    }[args.command]
     try:
         return asyncio.run(command(settings, args))
     except KimiserveError as exc:

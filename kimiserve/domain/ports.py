@@ -6,6 +6,7 @@ protocols only, never on a concrete store. Money is integer micro-USD everywhere
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,8 +149,9 @@ class LedgerStore(Protocol):
     async def top_up(self, account_id: str, amount_micros: int, note: str | None) -> int:
         """Add money (an unmetered account becomes metered); return the new balance."""
 
-    async def release_all_held(self) -> int:
-        """At start-up: release every hold a restart left behind; return how many."""
+    async def release_all_held(self, keep_owners: Collection[str] = ()) -> int:
+        """Release every open hold except those taken by a replica in `keep_owners` (the live
+        ones): holds a crash or restart left behind; return how many."""
 
     async def entries(self, account_id: str) -> list[LedgerEntry]: ...
 
@@ -174,4 +176,13 @@ class TaskStore(Protocol):
         """End a `processing` task; False if it had already ended (the first ending wins)."""
 
     async def get(self, task_uuid: str) -> TaskRow | None: ...
-    async def fail_interrupted(self, error: dict[str, Any]) -> int: ...
+
+    async def renew_lease(self) -> None:
+        """Extend this replica's lease, and with it the lease of every task it is running."""
+
+    async def live_replicas(self) -> set[str]:
+        """The replicas whose lease has not expired."""
+
+    async def end_abandoned(self, error: dict[str, Any], *, including_own: bool) -> list[TaskRow]:
+        """End with `error` every `processing` task whose lease has expired (and, at start-up,
+        `including_own`, those this replica's previous run left); return the tasks ended."""

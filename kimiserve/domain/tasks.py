@@ -7,8 +7,8 @@ durably; a task ends exactly once (the store keeps the first ending).
 
 Cancellation policy:
 - **Shutdown** (the server stops while a task runs): the task ends `taskInterrupted` and is not
-  charged; the client resubmits with a new taskUUID. A restart ends any task a crash cut off
-  the same way, at start-up.
+  charged; the client resubmits with a new taskUUID. A task a crash cut off ends the same way
+  once its replica's lease expires (or at once when that replica restarts): see `replicas.py`.
 - **A client leaving a stream**: the task ends `clientDisconnected`; the tokens produced until
   then are charged (pipeline policy).
 - **Every other delivery** (sync, async, webhook, WebSocket) is not tied to its connection: a
@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
-from typing import Any
+from contextlib import AbstractContextManager, suppress
+from typing import Any, Protocol
 
 from kimiserve.domain.ports import TaskExists, TaskRow, TaskStore
 from kimiserve.errors import Conflict, KimiserveError, NotFound, as_kimiserve_error
@@ -53,6 +54,14 @@ def stored_error(record: dict[str, Any]) -> KimiserveError:
     )
 
 
+class EndedNotices(Protocol):
+    """'This task ended' across replicas (Redis pub/sub when several share a Redis)."""
+
+    async def publish(self, task_uuid: str) -> None: ...
+    def waiting(self, task_uuid: str) -> AbstractContextManager[asyncio.Event]: ...
+    async def aclose(self) -> None: ...
+
+
 class Tasks:
     def __init__(self, store: TaskStore, poll_interval_s: float = 0.5) -> None:
         self.store = store
@@ -60,13 +69,13 @@ class Tasks:
         self._done: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.shutting_down = False
+        # Set when replicas share a Redis: a waiter for a task run elsewhere is woken by its notice
+        # instead of polling the store.
+        self.bus: EndedNotices | None = None
 
-    async def recover(self) -> int:
-        """At start-up: end every task a restart cut off."""
-        count = await self.store.fail_interrupted(error_record(INTERRUPTED))
-        if count:
-            log.warning("ended %d task(s) interrupted by a restart", count)
-        return count
+    async def ended_elsewhere(self, task_uuid: str) -> None:
+        """A task was ended by the ownership sweep: wake whoever waits for it, on any replica."""
+        await self._ended(task_uuid)
 
     async def begin(
         self, principal: Principal, task_uuid: str, task_type: str, delivery: str, request: dict[str, Any]
@@ -82,14 +91,14 @@ class Tasks:
 
     async def complete(self, task_uuid: str, results: list[dict[str, Any]]) -> None:
         await self.store.finish(task_uuid, results=results)
-        self._wake(task_uuid)
+        await self._ended(task_uuid)
 
     async def fail(self, task_uuid: str, exc: BaseException) -> KimiserveError:
         """End the task with `exc` (an unexpected one becomes an InternalError with a reference);
         return the error as stored, for the caller to render."""
         err = as_kimiserve_error(exc)
         await self.store.finish(task_uuid, error=error_record(err))
-        self._wake(task_uuid)
+        await self._ended(task_uuid)
         return err
 
     async def cancel(self, task_uuid: str, *, client_left: bool) -> None:
@@ -109,6 +118,11 @@ class Tasks:
             raise await self.fail(task_uuid, exc) from exc
         await self.complete(task_uuid, results)
         return results
+
+    async def _ended(self, task_uuid: str) -> None:
+        self._wake(task_uuid)
+        if self.bus is not None:
+            await self.bus.publish(task_uuid)
 
     def _wake(self, task_uuid: str) -> None:
         event = self._done.pop(task_uuid, None)
@@ -133,10 +147,20 @@ class Tasks:
             if remaining <= 0:
                 break
             event = self._done.get(task_uuid)
+            if event is None and self.bus is not None:  # run by another replica: wait for its notice
+                with self.bus.waiting(task_uuid) as notice:
+                    row = await self.get(principal, task_uuid)  # re-read once registered: none missed
+                    if row.status != "processing":
+                        break
+                    with suppress(TimeoutError):
+                        # A backstop re-read every 5 s, should a notice be lost (Redis restarting)
+                        await asyncio.wait_for(notice.wait(), timeout=min(remaining, 5.0))
+                row = await self.get(principal, task_uuid)
+                continue
             try:
                 if event is not None:
                     await asyncio.wait_for(event.wait(), timeout=remaining)
-                else:  # run by another replica (or already done): poll the store
+                else:  # run by another replica (or already done), no shared Redis: poll the store
                     await asyncio.sleep(min(self._poll, remaining))
             except TimeoutError:
                 pass
@@ -168,3 +192,5 @@ class Tasks:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.bus is not None:
+            await self.bus.aclose()

@@ -2,13 +2,17 @@
 
 Requests and tokens per minute are sliding-window counters of the `limits` library (O(1) per
 check whatever the count, where a moving window keeps one entry per token; in-memory storage
-on one replica; the replicas issue passes its Redis storage). Concurrency is a count of the
-requests this process is running. A refusal raises `RateLimited` with `retry_after_s`, and
-consumes nothing: every window is tested before any is hit.
+on one replica, its Redis storage — `SharedRedis.limits_storage()` — shared by several). Concurrency is a
+count of the requests this process is running (per replica). A refusal raises `RateLimited`
+with `retry_after_s`, and consumes nothing: every window is tested before any is hit. The hit
+itself is atomic and refuses past the limit, so requests racing between test and hit (on this
+replica or another) are refused too; only then may a window hit before the refusing one have
+counted the refused request.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -18,10 +22,14 @@ from typing import cast
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, SlidingWindowCounterSupport, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from kimiserve.domain.ports import Limits
-from kimiserve.errors import RateLimited
+from kimiserve.errors import RateLimited, ServiceUnavailable
 from kimiserve.platform.api_keys import Principal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,15 @@ class RateLimiter:
         return RateLimitItemPerSecond(amount, self._window_s)
 
     async def acquire(self, principal: Principal, tokens: int) -> Permit:
-        """Admit one request expected to use `tokens` (its prompt), or raise RateLimited."""
+        """Admit one request expected to use `tokens` (its prompt), or raise RateLimited; when the
+        shared storage (Redis) cannot be reached, ServiceUnavailable (503), never admitted unchecked."""
+        try:
+            return await self._acquire(principal, tokens)
+        except (StorageError, RedisError) as exc:
+            log.warning("rate-limit storage unavailable: %s", type(exc).__name__)
+            raise ServiceUnavailable("Rate limits cannot be checked right now; try again shortly.") from exc
+
+    async def _acquire(self, principal: Principal, tokens: int) -> Permit:
         subjects = _subjects(principal)
         for kind, ident, limits in subjects:
             if limits.concurrency is not None and self._running[(kind, ident)] >= limits.concurrency:
@@ -104,7 +120,12 @@ class RateLimiter:
                 )
         permit = Permit(self, subjects)
         for kind, ident, item, cost, what in checks:
-            await self._window.hit(item, kind, ident, what, cost=cost)
+            if not await self._window.hit(item, kind, ident, what, cost=cost):  # lost a race
+                raise RateLimited(
+                    f"Rate limit reached for this {kind}: {item.amount} {what} per {self._per}.",
+                    parameter="rpm" if what == "requests" else "tpm",
+                    retry_after_s=1.0,
+                )
             stats = await self._window.get_window_stats(item, kind, ident, what)
             state = WindowState(item.amount, stats.remaining, max(0.0, stats.reset_time - time.time()))
             current = permit.requests if what == "requests" else permit.tokens
@@ -135,6 +156,15 @@ class RateLimiter:
         return cur_left + max(0.0, expiry - room * expiry / cur)
 
     async def record_tokens(self, subjects: list[tuple[str, str, Limits]], tokens: int) -> None:
+        try:
+            await self._record_tokens(subjects, tokens)
+        except (
+            StorageError,
+            RedisError,
+        ):  # after the work is done: the tokens go uncounted, the reply still goes
+            log.warning("rate-limit storage unavailable: produced tokens not counted")
+
+    async def _record_tokens(self, subjects: list[tuple[str, str, Limits]], tokens: int) -> None:
         for kind, ident, limits in subjects:
             if limits.tpm is None or tokens <= 0:
                 continue

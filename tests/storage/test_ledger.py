@@ -1,5 +1,5 @@
-"""The ledger's contract, for both implementations: SqlLedgerStore (SQLAlchemy: the one other
-databases use) and SqliteLedgerStore (the embedded default's fast path)."""
+"""The ledger's contract, for every implementation: SqlLedgerStore on SQLite and on a real
+PostgreSQL (through asyncpg), and SqliteLedgerStore (the embedded default's fast path)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
 from kimiserve.storage.sql.ledger import SqlLedgerStore
 from kimiserve.storage.sql.sqlite_ledger import SqliteLedgerStore
+from tests.dbservers import PostgresServer
 
 
-@pytest.fixture(params=["sqlalchemy", "sqlite"])
+@pytest.fixture(params=["sqlalchemy", "sqlite", "postgresql"])
 async def stores(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[LedgerStore, SqlAccountStore]]:
     path = tmp_path / "ledger.db"
-    db = await open_database(f"sqlite+aiosqlite:///{path}")
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        db = await open_database(server.create_database())
+    else:
+        db = await open_database(f"sqlite+aiosqlite:///{path}")
     accounts = SqlAccountStore(db)
     await accounts.create_account("acct", "acct", "whsec_x")
     sqlite = SqliteLedgerStore(str(path)) if request.param == "sqlite" else None

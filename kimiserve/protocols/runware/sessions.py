@@ -6,6 +6,10 @@ client dropped, or is reconnecting), replies are buffered, for `ttl_s` after the
 left. A socket that authenticates with that session's id within the window gets the buffer.
 The registry also owns the tasks the sockets started (they keep running when a socket goes,
 so their results can be buffered or fetched with getResponse), and cancels them at shutdown.
+
+With `buffers` (replicas sharing a Redis), the buffer of a detached session lives in Redis
+instead, with the same TTL, so a socket resuming the session on another replica gets it; a reply
+buffered there while the session is attached on another replica is passed on by that replica.
 """
 
 from __future__ import annotations
@@ -42,13 +46,55 @@ class Session:
     dropped: int = field(default=0)
 
 
+class SharedBuffers(Protocol):
+    """Session buffers shared by replicas (`platform/shared_redis.SessionBuffers`)."""
+
+    on_buffered: Any
+
+    async def account_of(self, session_id: str) -> str | None: ...
+    async def attached(self, session_id: str, account_id: str) -> list[Message]: ...
+    async def detached(self, session_id: str, ttl_s: float) -> None: ...
+    async def push(self, session_id: str, messages: list[Message], ttl_s: float, limit: int) -> None: ...
+    async def take(self, session_id: str) -> list[Message]: ...
+
+
 class SessionRegistry:
-    def __init__(self, ttl_s: float, max_buffered: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        max_buffered: int,
+        clock: Callable[[], float] = time.monotonic,
+        buffers: SharedBuffers | None = None,
+    ) -> None:
         self._ttl_s = ttl_s
         self._max_buffered = max_buffered
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._buffers = buffers
+        if buffers is not None:
+            buffers.on_buffered = self._buffered_elsewhere
+
+    async def adopt(self, account_id: str, requested: str | None) -> None:
+        """Before `open`: a session another replica served (known to the shared buffers, this
+        account's) becomes known here under its id, so `open` resumes it."""
+        if self._buffers is None or not requested or requested in self._sessions:
+            return
+        if await self._buffers.account_of(requested) == account_id:
+            self._sessions[requested] = Session(requested, account_id, deque(maxlen=self._max_buffered))
+
+    async def attached(self, session: Session) -> list[Message]:
+        """After `attach`: what the shared buffers held for the session (now cleared)."""
+        if self._buffers is None:
+            return []
+        return await self._buffers.attached(session.id, session.account_id)
+
+    async def _buffered_elsewhere(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is None or session.outlet is None or self._buffers is None:
+            return
+        for message in await self._buffers.take(session_id):
+            await self.deliver(session, message)
 
     def open(self, account_id: str, requested: str | None) -> Session:
         """The session to resume, or a new one when the id is unknown, expired or not this account's."""
@@ -73,15 +119,27 @@ class SessionRegistry:
         if session.outlet is outlet:
             session.outlet = None
             session.detached_at = self._clock()
-        for message in unsent:
-            self._keep(session, message)
+        if self._buffers is not None:
+            self.spawn(self._detached_shared(session, list(unsent)))
+        else:
+            for message in unsent:
+                self._keep(session, message)
         self._sweep()
+
+    async def _detached_shared(self, session: Session, unsent: list[Message]) -> None:
+        assert self._buffers is not None
+        if unsent:
+            await self._buffers.push(session.id, unsent, self._ttl_s, self._max_buffered)
+        if session.outlet is None:
+            await self._buffers.detached(session.id, self._ttl_s)
 
     async def deliver(self, session: Session, message: Message) -> None:
         outlet = session.outlet
         if outlet is not None and await outlet.offer(message):
             return
-        if session.id in self._sessions:
+        if self._buffers is not None:
+            await self._buffers.push(session.id, [message], self._ttl_s, self._max_buffered)
+        elif session.id in self._sessions:
             self._keep(session, message)
 
     def _keep(self, session: Session, message: Message) -> None:

@@ -282,9 +282,13 @@ class Connection:
             await self._reply({"errors": [error_item(exc, task_type="authentication", task_uuid=None)]})
             return
         self._key = key if isinstance(key, str) and key else None
-        session = self._take_session(principal, requested if isinstance(requested, str) else None)
+        requested = requested if isinstance(requested, str) else None
+        await self._sessions.adopt(principal.account_id, requested)  # one served by another replica
+        session = self._take_session(principal, requested)
         await self._reply({"data": [{"taskType": "authentication", "connectionSessionUUID": session.id}]})
         for message in self._sessions.attach(session, self):
+            await self.offer(message)
+        for message in await self._sessions.attached(session):  # buffered in the shared Redis
             await self.offer(message)
 
     def _take_session(self, principal: Principal, requested: str | None) -> Session:

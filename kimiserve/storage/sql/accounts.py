@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.domain.ports import AccountRow, KeyRow, Limits
+from kimiserve.storage.sql.database import single_statement_reads
 from kimiserve.storage.sql.tables import accounts, api_keys
 
 
@@ -49,6 +50,7 @@ def _limit_values(limits: Limits) -> dict[str, int | None]:
 class SqlAccountStore:
     def __init__(self, db: AsyncEngine) -> None:
         self._db = db
+        self._reads = single_statement_reads(db)
 
     async def create_account(self, account_id: str, name: str, webhook_secret: str) -> AccountRow:
         async with self._db.begin() as conn:
@@ -124,7 +126,7 @@ class SqlAccountStore:
             .join(accounts, accounts.c.id == api_keys.c.account_id)
             .where(api_keys.c.id == key_id)
         )
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None

@@ -9,6 +9,7 @@ ledger entries (`hold_micros`), not rows of their own: a hold is open while the 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -56,6 +57,7 @@ def _entry(
     reservation_id: str | None = None,
     request_id: str | None = None,
     note: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, object]:
     return {
         "account_id": account_id,
@@ -66,12 +68,14 @@ def _entry(
         "request_id": request_id,
         "note": note,
         "created_at": time.time(),
+        "owner": owner,
     }
 
 
 class SqlLedgerStore:
-    def __init__(self, db: AsyncEngine) -> None:
+    def __init__(self, db: AsyncEngine, owner: str | None = None) -> None:
         self._db = db
+        self._owner = owner  # the replica whose holds these are (recorded on each reservation)
 
     async def reserve(self, holds: list[Hold]) -> None:
         account_id = holds[0].account_id
@@ -89,6 +93,7 @@ class SqlLedgerStore:
                         hold=h.amount_micros,
                         reservation_id=h.id,
                         request_id=h.request_id,
+                        owner=self._owner,
                     )
                     for h in holds
                 ],
@@ -150,20 +155,23 @@ class SqlLedgerStore:
             ).scalar_one()
         return balance
 
-    async def release_all_held(self) -> int:
+    async def release_all_held(self, keep_owners: Collection[str] = ()) -> int:
         held = (
             sa.select(
                 ledger_entries.c.reservation_id,
                 sa.func.min(ledger_entries.c.account_id).label("account_id"),
                 sa.func.min(ledger_entries.c.request_id).label("request_id"),
                 sa.func.sum(ledger_entries.c.hold_micros).label("amount"),
+                sa.func.min(ledger_entries.c.owner).label("owner"),
             )
             .where(ledger_entries.c.reservation_id.is_not(None))
             .group_by(ledger_entries.c.reservation_id)
             .having(sa.func.sum(ledger_entries.c.hold_micros) != 0)
         )
         async with self._db.begin() as conn:
-            rows = (await conn.execute(held)).all()
+            rows = [
+                r for r in (await conn.execute(held)).all() if r.owner is None or r.owner not in keep_owners
+            ]
             for r in rows:
                 await self._release(
                     conn, Hold(r.reservation_id, r.account_id, r.request_id or "", int(r.amount))

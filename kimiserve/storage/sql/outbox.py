@@ -7,7 +7,6 @@ mid-attempt only delays the row by the lease. Enqueueing the same id twice is a 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kimiserve.storage.sql.tables import tasks, webhook_outbox
+from kimiserve.storage.sql.tables import webhook_outbox
 
 
 @dataclass(frozen=True)
@@ -168,15 +167,3 @@ class SqlOutboxStore:
                 )
             ).all()
         return [_delivery(r) for r in rows]
-
-    async def interrupted_webhook_tasks(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(task_uuid, account_id, request) of webhook tasks a restart cut off (still `processing`)."""
-        async with self._db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(tasks.c.task_uuid, tasks.c.account_id, tasks.c.request_json).where(
-                        tasks.c.status == "processing", tasks.c.delivery == "webhook"
-                    )
-                )
-            ).all()
-        return [(r.task_uuid, r.account_id, json.loads(r.request_json)) for r in rows]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 _ENTRY = (
     "INSERT INTO ledger_entries (account_id, kind, amount_micros, hold_micros, reservation_id, request_id, "
-    "note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "note, created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _USAGE = (
     "INSERT INTO usage_records (account_id, key_id, request_id, protocol, model, prompt_tokens, "
@@ -56,12 +56,23 @@ def _release(conn: sqlite3.Connection, hold: Hold) -> None:
     )
     conn.execute(
         _ENTRY,
-        (hold.account_id, "release", 0, -hold.amount_micros, hold.id, hold.request_id, None, time.time()),
+        (
+            hold.account_id,
+            "release",
+            0,
+            -hold.amount_micros,
+            hold.id,
+            hold.request_id,
+            None,
+            time.time(),
+            None,
+        ),
     )
 
 
 class SqliteLedgerStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: str | None = None) -> None:
+        self._owner = owner  # the replica whose holds these are (recorded on each reservation)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -103,7 +114,17 @@ class SqliteLedgerStore:
             conn.executemany(
                 _ENTRY,
                 [
-                    (account_id, "reservation", 0, h.amount_micros, h.id, h.request_id, None, now)
+                    (
+                        account_id,
+                        "reservation",
+                        0,
+                        h.amount_micros,
+                        h.id,
+                        h.request_id,
+                        None,
+                        now,
+                        self._owner,
+                    )
                     for h in holds
                 ],
             )
@@ -131,6 +152,7 @@ class SqliteLedgerStore:
                     hold.request_id,
                     usage.outcome,
                     time.time(),
+                    None,
                 ),
             )
 
@@ -147,7 +169,7 @@ class SqliteLedgerStore:
             )
             if not updated.rowcount:
                 raise KeyError(account_id)
-            conn.execute(_ENTRY, (account_id, "topup", amount_micros, 0, None, None, note, time.time()))
+            conn.execute(_ENTRY, (account_id, "topup", amount_micros, 0, None, None, note, time.time(), None))
             [balance] = conn.execute(
                 "SELECT balance_micros FROM accounts WHERE id = ?", (account_id,)
             ).fetchone()
@@ -155,16 +177,19 @@ class SqliteLedgerStore:
 
         return await self._transaction(work)
 
-    async def release_all_held(self) -> int:
+    async def release_all_held(self, keep_owners: Collection[str] = ()) -> int:
         def work(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                "SELECT reservation_id, MIN(account_id), MIN(request_id), SUM(hold_micros) "
+                "SELECT reservation_id, MIN(account_id), MIN(request_id), SUM(hold_micros), MIN(owner) "
                 "FROM ledger_entries WHERE reservation_id IS NOT NULL "
                 "GROUP BY reservation_id HAVING SUM(hold_micros) != 0"
             ).fetchall()
-            for rid, account_id, request_id, amount in rows:
-                _release(conn, Hold(rid, account_id, request_id or "", int(amount)))
-            return len(rows)
+            released = 0
+            for rid, account_id, request_id, amount, owner in rows:
+                if owner is None or owner not in keep_owners:
+                    _release(conn, Hold(rid, account_id, request_id or "", int(amount)))
+                    released += 1
+            return released
 
         return await self._transaction(work)
 

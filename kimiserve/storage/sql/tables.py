@@ -54,6 +54,9 @@ tasks = sa.Table(
     sa.Column("error_json", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # 004: the replica running a `processing` task, and until when its lease holds.
+    sa.Column("owner", sa.String(100), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
 )
 
 usage_records = sa.Table(
@@ -106,7 +109,7 @@ media = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),  # the imageUUID
     sa.Column("account_id", sa.String(36), nullable=False, index=True),
     sa.Column("content_type", sa.String(100), nullable=False),
-    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
@@ -130,4 +133,17 @@ ledger_entries = sa.Table(
     sa.Column("request_id", sa.String(64), nullable=True),
     sa.Column("note", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(100), nullable=True),  # 004: the replica that took a hold
+)
+
+# ---- 004_task_ownership ---------------------------------------------------------------------
+
+# One row per replica that has run: its lease, renewed while it lives. A task or hold whose
+# replica's lease has expired belongs to nobody and is ended / released by any replica's sweep.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("lease_expires_at", sa.Float, nullable=False),
 )

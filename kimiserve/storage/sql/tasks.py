@@ -1,4 +1,9 @@
-"""Durable task records: the request, its status and its results."""
+"""Durable task records: the request, its status and its results, and who runs them.
+
+A `processing` task records its replica (`owner`) and a lease (`lease_expires_at`) that the
+replica renews with one statement for all its tasks; each replica keeps its own lease row in
+`replicas`. A sweep ends only tasks whose lease has expired, so a live replica's are never touched.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.domain.ports import TaskExists, TaskRow
-from kimiserve.storage.sql.tables import tasks
+from kimiserve.storage.sql.database import single_statement_reads
+from kimiserve.storage.sql.tables import replicas, tasks
 
 
 def _row(r: Any) -> TaskRow:
@@ -28,8 +34,11 @@ def _row(r: Any) -> TaskRow:
 
 
 class SqlTaskStore:
-    def __init__(self, db: AsyncEngine) -> None:
+    def __init__(self, db: AsyncEngine, owner: str = "local", lease_s: float = 30.0) -> None:
         self._db = db
+        self.owner = owner
+        self.lease_s = lease_s
+        self._reads = single_statement_reads(db)
 
     async def create(
         self, task_uuid: str, account_id: str, task_type: str, delivery: str, request: dict[str, Any]
@@ -48,6 +57,8 @@ class SqlTaskStore:
                         request_json=json.dumps(request),
                         created_at=now,
                         updated_at=now,
+                        owner=self.owner,
+                        lease_expires_at=now + self.lease_s,
                     )
                 )
         except IntegrityError as exc:
@@ -75,19 +86,52 @@ class SqlTaskStore:
         return bool(result.rowcount)
 
     async def get(self, task_uuid: str) -> TaskRow | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(tasks.select().where(tasks.c.task_uuid == task_uuid))).first()
         return _row(row) if row is not None else None
 
-    async def fail_interrupted(self, error: dict[str, Any]) -> int:
-        """At start-up: every task still `processing` was cut off by a restart; end it as an error."""
+    async def renew_lease(self) -> None:
+        now = time.time()
+        expires = now + self.lease_s
         async with self._db.begin() as conn:
-            result = await conn.execute(
-                tasks.update()
-                .where(tasks.c.status == "processing")
-                .values(status="error", error_json=json.dumps(error), updated_at=time.time())
+            renewed = await conn.execute(
+                replicas.update().where(replicas.c.id == self.owner).values(lease_expires_at=expires)
             )
-        return int(result.rowcount)
+            if not renewed.rowcount:
+                await conn.execute(
+                    replicas.insert().values(id=self.owner, started_at=now, lease_expires_at=expires)
+                )
+            await conn.execute(
+                tasks.update()
+                .where(tasks.c.status == "processing", tasks.c.owner == self.owner)
+                .values(lease_expires_at=expires)
+            )
+
+    async def live_replicas(self) -> set[str]:
+        async with self._db.connect() as conn:
+            rows = await conn.execute(
+                sa.select(replicas.c.id).where(replicas.c.lease_expires_at >= time.time())
+            )
+            return set(rows.scalars())
+
+    async def end_abandoned(self, error: dict[str, Any], *, including_own: bool) -> list[TaskRow]:
+        now = time.time()
+        abandoned = sa.or_(tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at < now)
+        if including_own:
+            abandoned = sa.or_(abandoned, tasks.c.owner == self.owner)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(tasks.select().where(tasks.c.status == "processing", abandoned))).all()
+        ended = []
+        for row in rows:  # each ended by a conditional update: the first ending wins, across replicas
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    tasks.update()
+                    .where(tasks.c.task_uuid == row.task_uuid, tasks.c.status == "processing", abandoned)
+                    .values(status="error", error_json=json.dumps(error), updated_at=now)
+                )
+            if result.rowcount:
+                ended.append(_row(row))
+        return ended
 
     async def count(self) -> int:
         async with self._db.connect() as conn:
