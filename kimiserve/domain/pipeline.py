@@ -206,9 +206,12 @@ class Admission:
                         usage = event
                     elif isinstance(event, Finished):
                         final = usage if usage is not None else Usage(self.prompt_tokens, produced)
-                        await self._settle(index, final, "completed")  # its failure is ours, not the engine's
+                        ended = time.monotonic()
+                        timing = (first - started, ended - first) if first is not None else None
+                        # its failure is ours, not the engine's
+                        await self._settle(index, final, "completed", timing)
                         pipeline.observer.generation(
-                            self.model.id, final.completion_tokens, time.monotonic() - (first or started)
+                            self.model.id, final.completion_tokens, ended - (first or started)
                         )
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
@@ -254,7 +257,10 @@ class Admission:
             raise group_error.exceptions[0] from None
         return [t.result() for t in tasks]
 
-    async def _settle(self, index: int, usage: Usage, outcome: str) -> None:
+    async def _settle(
+        self, index: int, usage: Usage, outcome: str, timing: tuple[float, float] | None = None
+    ) -> None:
+        """`timing`: (seconds to the first token, seconds from it to the end), when measured."""
         if not self._end(index):
             return
         hold = self.holds[index]
@@ -271,6 +277,8 @@ class Admission:
             reasoning_tokens=usage.reasoning_tokens,
             cost_micros=cost,
             outcome=outcome,
+            ttft_ms=round(timing[0] * 1000) if timing else None,
+            decode_ms=round(timing[1] * 1000) if timing else None,
         )
         try:
             await self.pipeline.settle_hook(hold, row)

@@ -125,10 +125,20 @@ INSERT INTO ledger_entries (account_id, kind, amount_micros, hold_micros, note, 
     FROM accounts WHERE balance_micros IS NOT NULL AND balance_micros != 0;
 """
 
+# Usage rows record time to first token and decode time; the dashboard's aggregates by time
+# (all accounts, or one) read these indexes.
+_004_USAGE_TIMING = """
+ALTER TABLE usage_records ADD COLUMN ttft_ms INTEGER;
+ALTER TABLE usage_records ADD COLUMN decode_ms INTEGER;
+CREATE INDEX ix_usage_records_created_at ON usage_records (created_at);
+CREATE INDEX ix_usage_records_account_created ON usage_records (account_id, created_at);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _001_INITIAL),
     ("002_webhooks_media", _002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _003_LEDGER_SCOPES_LIMITS),
+    ("004_usage_timing", _004_USAGE_TIMING),
 ]
 
 
