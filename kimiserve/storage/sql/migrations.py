@@ -126,12 +126,14 @@ INSERT INTO ledger_entries (account_id, kind, amount_micros, hold_micros, note, 
 """
 
 # Usage rows record time to first token and decode time; the dashboard's aggregates by time
-# (all accounts, or one) read these indexes.
+# (all accounts, or one), a task's usage and the recent tasks read these indexes.
 _004_USAGE_TIMING = """
 ALTER TABLE usage_records ADD COLUMN ttft_ms INTEGER;
 ALTER TABLE usage_records ADD COLUMN decode_ms INTEGER;
 CREATE INDEX ix_usage_records_created_at ON usage_records (created_at);
 CREATE INDEX ix_usage_records_account_created ON usage_records (account_id, created_at);
+CREATE INDEX ix_usage_records_request_id ON usage_records (request_id);
+CREATE INDEX ix_tasks_created_at ON tasks (created_at);
 """
 
 MIGRATIONS: list[tuple[str, str]] = [
