@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -104,7 +104,10 @@ async def _form(request: Request) -> FormData:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         form = FormData()
     else:
-        form = FormData(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        pairs: list[tuple[str, str | UploadFile]] = list(
+            parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        )
+        form = FormData(pairs)
     request.scope["kimiserve.dashboard.form"] = form
     return form
 
