@@ -38,6 +38,7 @@
     chart.kimiTitle = plot.title;
     charts.push(chart);
   }
+  performance.mark("plots-drawn"); // read by bench/dashboard.py
   let pending = null;
   window.addEventListener("resize", () => {
     clearTimeout(pending);

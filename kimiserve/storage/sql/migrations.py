@@ -8,6 +8,7 @@ The DDL is written for SQLite (the embedded default); the replicas issue adds Po
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import sqlalchemy as sa
@@ -125,27 +126,77 @@ INSERT INTO ledger_entries (account_id, kind, amount_micros, hold_micros, note, 
     FROM accounts WHERE balance_micros IS NOT NULL AND balance_micros != 0;
 """
 
-# Usage rows record time to first token and decode time; the dashboard's aggregates by time
-# (all accounts, or one), a task's usage and the recent tasks read these indexes.
-_004_USAGE_TIMING = """
+# Usage rows record time to first token and decode time. `usage_hourly` keeps per-hour sums by
+# account, model and key, kept exact by a trigger on every usage row (whichever code inserts it)
+# and filled from the rows already there: the dashboard's week and month plots read a few thousand
+# rollup rows instead of every usage row. Indexes for its shorter ranges, a task's usage and the
+# recent tasks.
+_004_USAGE_TIMING_HOURLY = """
 ALTER TABLE usage_records ADD COLUMN ttft_ms INTEGER;
 ALTER TABLE usage_records ADD COLUMN decode_ms INTEGER;
 CREATE INDEX ix_usage_records_created_at ON usage_records (created_at);
 CREATE INDEX ix_usage_records_account_created ON usage_records (account_id, created_at);
 CREATE INDEX ix_usage_records_request_id ON usage_records (request_id);
 CREATE INDEX ix_tasks_created_at ON tasks (created_at);
+CREATE TABLE usage_hourly (
+    hour INTEGER NOT NULL,
+    account_id VARCHAR(36) NOT NULL,
+    model VARCHAR(200) NOT NULL,
+    key_id VARCHAR(32) NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    ttft_ms_sum INTEGER NOT NULL,
+    timed INTEGER NOT NULL,
+    decode_tokens INTEGER NOT NULL,
+    decode_ms INTEGER NOT NULL,
+    PRIMARY KEY (hour, account_id, model, key_id)
+);
+CREATE INDEX ix_usage_hourly_account_hour ON usage_hourly (account_id, hour);
+INSERT INTO usage_hourly
+    SELECT CAST(created_at / 3600 AS INTEGER) * 3600, account_id, model, COALESCE(key_id, ''),
+        COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros), 0, 0, 0, 0
+    FROM usage_records GROUP BY 1, 2, 3, 4;
+CREATE TRIGGER usage_hourly_add AFTER INSERT ON usage_records BEGIN
+    INSERT INTO usage_hourly VALUES (
+        CAST(NEW.created_at / 3600 AS INTEGER) * 3600, NEW.account_id, NEW.model, COALESCE(NEW.key_id, ''),
+        1, NEW.prompt_tokens, NEW.completion_tokens, NEW.cost_micros,
+        COALESCE(NEW.ttft_ms, 0), NEW.ttft_ms IS NOT NULL,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.completion_tokens ELSE 0 END,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.decode_ms ELSE 0 END
+    ) ON CONFLICT (hour, account_id, model, key_id) DO UPDATE SET
+        requests = requests + 1,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        cost_micros = cost_micros + excluded.cost_micros,
+        ttft_ms_sum = ttft_ms_sum + excluded.ttft_ms_sum,
+        timed = timed + excluded.timed,
+        decode_tokens = decode_tokens + excluded.decode_tokens,
+        decode_ms = decode_ms + excluded.decode_ms;
+END;
 """
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _001_INITIAL),
     ("002_webhooks_media", _002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _003_LEDGER_SCOPES_LIMITS),
-    ("004_usage_timing", _004_USAGE_TIMING),
+    ("004_usage_timing_hourly", _004_USAGE_TIMING_HOURLY),
 ]
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements; a `;` inside one (a trigger's body) does not end it."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip().removesuffix(";").strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip().removesuffix(";").strip())
+    return statements
 
 
 def migrate(conn: Connection) -> list[str]:

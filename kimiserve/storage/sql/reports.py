@@ -1,7 +1,8 @@
 """Read-only aggregates for the dashboard: usage over time, recent tasks, a task's deliveries.
 
-Every aggregate is one `GROUP BY` in SQL over the `created_at` index (migration 004), so a
-month of a busy server's usage comes back as a few hundred grouped rows, never as raw rows.
+Every aggregate is one `GROUP BY` in SQL: over the hourly rollup (migration 004's trigger keeps
+it) for whole-hour buckets, over the usage rows' `created_at` index for finer ones, so a month of
+a busy server's usage comes back as a few thousand grouped rows, never as raw rows.
 `account_id` None: every account (an admin's view); otherwise that account's rows only.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kimiserve.storage.sql.tables import tasks, usage_records, webhook_outbox
+from kimiserve.storage.sql.tables import tasks, usage_hourly, usage_records, webhook_outbox
 
 
 @dataclass(frozen=True)
@@ -77,32 +78,19 @@ class SqlReports:
     async def usage(
         self, since: float, until: float, bucket_s: int, account_id: str | None = None
     ) -> list[UsageBucket]:
-        bucket = (sa.cast(_U.c.created_at / bucket_s, sa.Integer) * bucket_s).label("bucket")
-        timed = sa.case((_U.c.ttft_ms.is_not(None), 1), else_=0)
-        decoded = _U.c.decode_ms > 0
-        query = sa.select(
-            bucket,
-            _U.c.model,
-            _U.c.key_id,
-            sa.func.count().label("requests"),
-            sa.func.sum(_U.c.prompt_tokens).label("prompt_tokens"),
-            sa.func.sum(_U.c.completion_tokens).label("completion_tokens"),
-            sa.func.sum(_U.c.cost_micros).label("cost_micros"),
-            sa.func.coalesce(sa.func.sum(_U.c.ttft_ms), 0).label("ttft_ms_sum"),
-            sa.func.sum(timed).label("timed"),
-            sa.func.sum(sa.case((decoded, _U.c.completion_tokens), else_=0)).label("decode_tokens"),
-            sa.func.sum(sa.case((decoded, _U.c.decode_ms), else_=0)).label("decode_ms"),
-        ).where(_U.c.created_at >= since, _U.c.created_at < until)
-        if account_id is not None:
-            query = query.where(_U.c.account_id == account_id)
-        query = query.group_by(bucket, _U.c.model, _U.c.key_id).order_by(bucket)
+        """Sums per bucket, model and key. Whole-hour buckets from whole-hour bounds read the
+        hourly rollup; finer ones the usage rows themselves."""
+        if bucket_s % 3600 == 0 and since % 3600 == 0 and until % 3600 == 0:
+            query = self._hourly(since, until, bucket_s, account_id)
+        else:
+            query = self._rows(since, until, bucket_s, account_id)
         async with self._db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             UsageBucket(
                 bucket=int(r.bucket),
                 model=r.model,
-                key_id=r.key_id,
+                key_id=r.key_id or None,
                 requests=int(r.requests),
                 prompt_tokens=int(r.prompt_tokens or 0),
                 completion_tokens=int(r.completion_tokens or 0),
@@ -114,6 +102,48 @@ class SqlReports:
             )
             for r in rows
         ]
+
+    @staticmethod
+    def _rows(since: float, until: float, bucket_s: int, account_id: str | None) -> sa.Select[Any]:
+        bucket = (sa.cast(_U.c.created_at / bucket_s, sa.Integer) * bucket_s).label("bucket")
+        decoded = _U.c.decode_ms > 0
+        query = sa.select(
+            bucket,
+            _U.c.model,
+            _U.c.key_id,
+            sa.func.count().label("requests"),
+            sa.func.sum(_U.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(_U.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(_U.c.cost_micros).label("cost_micros"),
+            sa.func.sum(_U.c.ttft_ms).label("ttft_ms_sum"),
+            sa.func.count(_U.c.ttft_ms).label("timed"),
+            sa.func.sum(sa.case((decoded, _U.c.completion_tokens), else_=0)).label("decode_tokens"),
+            sa.func.sum(sa.case((decoded, _U.c.decode_ms), else_=0)).label("decode_ms"),
+        ).where(_U.c.created_at >= since, _U.c.created_at < until)
+        if account_id is not None:
+            query = query.where(_U.c.account_id == account_id)
+        return query.group_by(bucket, _U.c.model, _U.c.key_id).order_by(bucket)
+
+    @staticmethod
+    def _hourly(since: float, until: float, bucket_s: int, account_id: str | None) -> sa.Select[Any]:
+        h = usage_hourly.c
+        bucket = ((h.hour // bucket_s) * bucket_s).label("bucket")
+        query = sa.select(
+            bucket,
+            h.model,
+            h.key_id,
+            sa.func.sum(h.requests).label("requests"),
+            sa.func.sum(h.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(h.completion_tokens).label("completion_tokens"),
+            sa.func.sum(h.cost_micros).label("cost_micros"),
+            sa.func.sum(h.ttft_ms_sum).label("ttft_ms_sum"),
+            sa.func.sum(h.timed).label("timed"),
+            sa.func.sum(h.decode_tokens).label("decode_tokens"),
+            sa.func.sum(h.decode_ms).label("decode_ms"),
+        ).where(h.hour >= int(since), h.hour < int(until))
+        if account_id is not None:
+            query = query.where(h.account_id == account_id)
+        return query.group_by(bucket, h.model, h.key_id).order_by(bucket)
 
     async def _with_usage(self, conn: AsyncConnection, rows: list[Any]) -> list[TaskSummary]:
         """The tasks with their usage totals (a Runware task's usage rows carry its taskUUID)."""

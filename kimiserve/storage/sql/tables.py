@@ -133,3 +133,23 @@ ledger_entries = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# ---- 004_usage_timing_hourly ------------------------------------------------------------------
+
+# Per-hour sums of usage_records by account, model and key ('' for none), kept by a trigger.
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),  # epoch seconds, a multiple of 3600
+    sa.Column("account_id", sa.String(36), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("ttft_ms_sum", sa.Integer, nullable=False),
+    sa.Column("timed", sa.Integer, nullable=False),  # rows with a measured time to first token
+    sa.Column("decode_tokens", sa.Integer, nullable=False),
+    sa.Column("decode_ms", sa.Integer, nullable=False),
+)
