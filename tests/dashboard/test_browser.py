@@ -236,3 +236,26 @@ def test_a_post_without_the_csrf_token_is_refused(
     page.goto(f"{dashboard}/keys")
     assert page.locator("#keys tbody tr").count() == keys_before
     assert "forged" not in page.text_content("#keys")
+
+
+def test_pages_fit_a_phone_and_the_playground_is_reachable_by_keyboard(
+    page: Any, dashboard: str, admin_key: str
+) -> None:
+    sign_in(page, dashboard, admin_key)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("overview", "accounts", "keys", "tasks", "engines", "playground"):
+        page.goto(f"{dashboard}/{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (path, overflow)  # wide tables scroll inside their own box
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "pg-send":
+            break
+    else:
+        raise AssertionError("the Send button is not reachable with Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#pg-answer[data-state=done]", timeout=90_000)
+    assert (page.text_content("#pg-answer") or "").strip()
+    assert page.js_errors == []
