@@ -259,3 +259,30 @@ def test_pages_fit_a_phone_and_the_playground_is_reachable_by_keyboard(
     page.wait_for_selector("#pg-answer[data-state=done]", timeout=90_000)
     assert (page.text_content("#pg-answer") or "").strip()
     assert page.js_errors == []
+
+
+def test_an_admin_tops_up_and_limits_an_account(page: Any, dashboard: str, admin_key: str) -> None:
+    sign_in(page, dashboard, admin_key)
+    page.goto(f"{dashboard}/accounts")
+    page.fill("#new-account", "topped-up")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Create").click()
+    row = page.locator("tr", has_text="topped-up")
+    assert "unmetered" in row.text_content()
+    row.get_by_label("Dollars to add to topped-up").fill("abc")
+    with page.expect_navigation() as nav:
+        row.get_by_role("button", name="Add").click()
+    assert nav.value.status == 400
+    assert "amount_usd must be a number of dollars." in page.text_content("[role=alert]")
+    row = page.locator("tr", has_text="topped-up")
+    row.get_by_label("Dollars to add to topped-up").fill("5.25")
+    with page.expect_navigation():
+        row.get_by_role("button", name="Add").click()
+    row = page.locator("tr", has_text="topped-up")
+    assert "$5.250000" in row.text_content()
+    row.get_by_label("Requests per minute").fill("7")
+    with page.expect_navigation():
+        row.get_by_role("button", name="Save").click()
+    row = page.locator("tr", has_text="topped-up")
+    assert "7 / — / —" in row.text_content()
+    assert page.input_value("tr:has-text('topped-up') input[name=rpm]") == "7"
