@@ -7,9 +7,10 @@ account; any other key sees its own account's overview and tasks and the playgro
 state-changing request carries the session's CSRF token (a form field, or the `X-CSRF-Token`
 header for the playground's fetch); the sign-in form, before any session, a double-submit token.
 
-The playground never holds a key: the browser posts to `/dashboard/api/chat` with its session
-cookie (SameSite=Strict, HttpOnly) and CSRF header, and the server runs the OpenAI-compatible
-handler as the session's key (looked up afresh, so revocation applies at once).
+The playground never holds a key: the browser posts to `/dashboard/api/chat` (OpenAI-compatible)
+or `/dashboard/api/tasks` (Runware) with its session cookie (SameSite=Strict, HttpOnly) and CSRF
+header, and the server runs that protocol's own handler as the session's key (looked up afresh,
+so revocation applies at once).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from kimiserve.http.auth import PRINCIPAL_SCOPE_KEY
 from kimiserve.platform.admin import parse_usd
 from kimiserve.platform.api_keys import SCOPES, principal_of
 from kimiserve.protocols.openai.routes import chat_completions
+from kimiserve.protocols.runware.routes import post_tasks
 from kimiserve.services import Services
 from kimiserve.storage.sql.reports import SqlReports
 
@@ -372,9 +374,20 @@ class Dashboard:
 
     async def chat(self, request: Request) -> Response:
         """POST /dashboard/api/chat: the OpenAI-compatible chat completion as the session's key."""
+        return await self._as_viewer(request, chat_completions, openai=True)
 
+    async def tasks_api(self, request: Request) -> Response:
+        """POST /dashboard/api/tasks: Runware tasks (a streamed textInference) as the session's key."""
+        return await self._as_viewer(request, post_tasks, openai=False)
+
+    async def _as_viewer(
+        self, request: Request, handler: Callable[[Request], Awaitable[Response]], *, openai: bool
+    ) -> Response:
         def refuse(status: int, code: str, message: str) -> JSONResponse:
-            body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+            if openai:
+                body: Any = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+            else:
+                body = {"errors": [{"code": code, "message": message}]}
             return JSONResponse(body, status_code=status)
 
         viewer = await self.viewer(request)
@@ -384,7 +397,7 @@ class Dashboard:
             return refuse(403, "csrfFailed", "The X-CSRF-Token header is missing or wrong.")
         scope = dict(request.scope)
         scope[PRINCIPAL_SCOPE_KEY] = principal_of(viewer.key)
-        return await chat_completions(Request(scope, request.receive))
+        return await handler(Request(scope, request.receive))
 
     # ---- routes ----------------------------------------------------------------------------------
 
@@ -408,6 +421,7 @@ class Dashboard:
             Route("/engines", g(self.engines, admin=True), methods=["GET"]),
             Route("/playground", g(self.playground), methods=["GET"]),
             Route("/api/chat", self.chat, methods=["POST"]),
+            Route("/api/tasks", self.tasks_api, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="dashboard-static"),
         ]
 

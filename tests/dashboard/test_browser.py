@@ -230,6 +230,8 @@ def test_a_post_without_the_csrf_token_is_refused(
     chat_body = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     response = api.post(f"{dashboard}/api/chat", data=chat_body)
     assert response.status == 403 and response.json()["error"]["code"] == "csrfFailed"
+    response = api.post(f"{dashboard}/api/tasks", data=[{"taskType": "textInference"}])
+    assert response.status == 403 and response.json()["errors"][0]["code"] == "csrfFailed"
     # Signing in is protected too (no session yet: a double-submit token).
     response = api.post(f"{dashboard}/sign-in", form={"key": admin_key})
     assert response.status == 403
@@ -286,3 +288,30 @@ def test_an_admin_tops_up_and_limits_an_account(page: Any, dashboard: str, admin
     row = page.locator("tr", has_text="topped-up")
     assert "7 / — / —" in row.text_content()
     assert page.input_value("tr:has-text('topped-up') input[name=rpm]") == "7"
+
+
+def test_the_playground_runs_a_runware_task_that_the_tasks_page_then_lists(
+    page: Any, dashboard: str, admin_key: str
+) -> None:
+    sign_in(page, dashboard, admin_key)
+    page.goto(f"{dashboard}/playground")
+    page.select_option("#pg-protocol", "runware")
+    page.fill("#pg-system", "You answer briefly.")
+    page.fill("#pg-messages .content", "Name a colour.")
+    page.fill("#pg-max", "16")
+    page.click("#pg-send")
+    page.wait_for_selector("#pg-answer[data-state=done]", timeout=90_000)
+    assert page.is_hidden("#pg-error"), page.text_content("#pg-error")
+    assert (page.text_content("#pg-answer") or "").strip()
+    usage = page.text_content("#pg-usage") or ""
+    assert "completion" in usage and "cost $0.0" in usage  # the server's own cost, includeCost
+
+    page.goto(f"{dashboard}/tasks")
+    first = page.locator("tbody tr").first
+    assert "stream" in first.text_content() and "success" in first.text_content()
+    with page.expect_navigation():
+        first.locator("a").click()
+    request = json.loads(page.text_content("pre.json") or "{}")
+    assert request["settings"]["systemPrompt"] == "You answer briefly."
+    assert request["deliveryMethod"] == "stream"
+    assert page.js_errors == []

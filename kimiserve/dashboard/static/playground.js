@@ -229,8 +229,7 @@
         if (call.id) slot.id = call.id;
         if (call.function && call.function.name) slot.name += call.function.name;
         if (call.function && call.function.arguments) slot.arguments += call.function.arguments;
-        $("pg-tool-calls").hidden = false;
-        $("pg-tool-calls").textContent = "Tool calls:\n" + toolCalls.map((c) => c.name + "(" + c.arguments + ")  " + c.id).join("\n");
+        showToolCalls(toolCalls);
       }
       if (choice.finish_reason) $("pg-answer").dataset.finish = choice.finish_reason;
     }
@@ -239,6 +238,40 @@
       const reasoningTokens = (u.completion_tokens_details && u.completion_tokens_details.reasoning_tokens) || 0;
       $("pg-usage").textContent = "Usage: " + u.prompt_tokens + " prompt, " + u.completion_tokens + " completion ("
         + reasoningTokens + " reasoning) tokens · cost $" + cost(u);
+    }
+  }
+  function streamError(chunk) {
+    const error = chunk.error || (chunk.errors && chunk.errors[0]) || {};
+    return typeof error === "string" ? error : error.message || "The stream failed.";
+  }
+  function uuid4() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+  function showToolCalls(toolCalls) {
+    $("pg-tool-calls").hidden = false;
+    $("pg-tool-calls").textContent = "Tool calls:\n" + toolCalls.map((c) => c.name + "(" + c.arguments + ")  " + c.id).join("\n");
+  }
+  // Runware: delta.text / delta.reasoningContent / delta.tools; the terminal chunk has usage and cost.
+  function handleTaskChunk(chunk, toolCalls) {
+    const delta = chunk.delta || {};
+    if (delta.reasoningContent) {
+      $("pg-reasoning-box").hidden = false;
+      $("pg-reasoning").append(document.createTextNode(delta.reasoningContent));
+    }
+    if (delta.text) $("pg-answer").append(document.createTextNode(delta.text));
+    for (const call of delta.tools || []) {
+      toolCalls.push({ id: call.id || "", name: call.name || "", arguments: JSON.stringify(call.input || {}) });
+      showToolCalls(toolCalls);
+    }
+    if (chunk.finishReason) $("pg-answer").dataset.finish = chunk.finishReason;
+    if (chunk.usage) {
+      const u = chunk.usage;
+      $("pg-usage").textContent = "Usage: " + u.promptTokens + " prompt, " + u.completionTokens + " completion ("
+        + (u.thinkingTokens || 0) + " reasoning) tokens · cost $" + (chunk.cost !== undefined ? Number(chunk.cost).toFixed(6) : "?");
     }
   }
   async function send(event) {
@@ -255,11 +288,15 @@
     $("pg-send").disabled = true;
     $("pg-stop").disabled = false;
     const toolCalls = [];
+    const runware = $("pg-protocol").value === "runware";
+    const payload = runware
+      ? [Object.assign({ taskType: "textInference", taskUUID: uuid4(), deliveryMethod: "stream" }, runwareTask(body))]
+      : body;
     try {
-      const response = await fetch(form.dataset.endpoint || "api/chat", {
+      const response = await fetch(runware ? "api/tasks" : "api/chat", {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify(body),
+        body: JSON.stringify(payload),
         signal: controller.signal,
         credentials: "same-origin",
       });
@@ -268,6 +305,10 @@
         try {
           const err = await response.json();
           if (err.error) message += ": " + err.error.message + (err.error.param ? " (" + err.error.param + ")" : "");
+          if (err.errors && err.errors[0]) {
+            const first = err.errors[0];
+            message += ": " + first.message + (first.parameter ? " (" + first.parameter + ")" : "");
+          }
         } catch (e) { /* not JSON */ }
         showError(message);
         return;
@@ -287,7 +328,8 @@
             const data = line.slice(5).trim();
             if (data === "[DONE]") continue;
             const chunk = JSON.parse(data);
-            if (chunk.error) showError(chunk.error.message || "The stream failed.");
+            if (chunk.error || chunk.errors) showError(streamError(chunk));
+            else if (runware) handleTaskChunk(chunk, toolCalls);
             else handleChunk(chunk, toolCalls);
           }
         }
