@@ -14,7 +14,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
-from kimiserve import openapi
+from kimiserve import dashboard, openapi
 from kimiserve.errors import KimiserveError
 from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
@@ -126,6 +126,7 @@ def create_app(
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
+    all_routes += dashboard.routes()  # /dashboard: pages, static assets, the playground's chat
     app = Starlette(
         routes=all_routes,
         lifespan=lifespan,

@@ -305,7 +305,9 @@ class Admission:
                     and (budget_left is None or budget_left > 0)
                 )
                 runnable = more or (bool(builtin_calls) and bool(client_calls))
-                await self._settle(index, round_usage, "completed", cost=cost, end=not more)
+                ended = time.monotonic()
+                timing = (first - started, ended - first) if first is not None else None
+                await self._settle(index, round_usage, "completed", timing, cost=cost, end=not more)
                 charged += cost
                 in_round = False
                 outcomes: list[BuiltinToolResult] = []
@@ -446,10 +448,18 @@ class Admission:
         return [t.result() for t in tasks]
 
     async def _settle(
-        self, index: int, usage: Usage, outcome: str, *, cost: int | None = None, end: bool = True
+        self,
+        index: int,
+        usage: Usage,
+        outcome: str,
+        timing: tuple[float, float] | None = None,
+        *,
+        cost: int | None = None,
+        end: bool = True,
     ) -> None:
         """Charge `usage` (at `cost`, when a loop's round is charged what its cumulative cost
-        adds) and end its hold; `end` False: a loop's round, the generation goes on."""
+        adds) and end its hold; `end` False: a loop's round, the generation goes on. `timing`:
+        (seconds to the first token, seconds from it to the end), when measured."""
         if not self._open[index] or (end and not self._end(index)):
             return
         hold = self.holds[index]
@@ -467,6 +477,8 @@ class Admission:
             reasoning_tokens=usage.reasoning_tokens,
             cost_micros=cost,
             outcome=outcome,
+            ttft_ms=round(timing[0] * 1000) if timing else None,
+            decode_ms=round(timing[1] * 1000) if timing else None,
         )
         try:
             await self.pipeline.settle_hook(hold, row)

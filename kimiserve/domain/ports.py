@@ -65,6 +65,8 @@ class UsageRow:
     reasoning_tokens: int
     cost_micros: int
     outcome: str = "completed"  # completed | disconnected
+    ttft_ms: int | None = None  # engine start to first token; None when not measured
+    decode_ms: int | None = None  # first token to the end (tokens/s = completion_tokens / this)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,19 @@ async def authenticate(services: Context, key: str | None) -> Principal:
     return await services.keys.authenticate(key)
 
 
+# A principal this server already authenticated another way (the dashboard's signed-in session,
+# after its CSRF check) and placed in the ASGI scope; a client cannot set scope keys.
+PRINCIPAL_SCOPE_KEY = "kimiserve.principal"
+
+
+async def caller(services: Context, conn: HTTPConnection) -> Principal:
+    """Who is calling: the principal already in the scope, else the Bearer key's."""
+    given = conn.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(given, Principal):
+        return given
+    return await authenticate(services, bearer_key(conn))
+
+
 def services_of(conn: HTTPConnection) -> Context:
     services: Context = conn.app.state.services
     return services

@@ -83,6 +83,7 @@ FROZEN = {
         "003_ledger_scopes_limits",
     ): "06ada39aad70c27d3db4f74fe226530f6ba3e17b746cb2d62f934ca9b340c528",
     ("sqlite", "004_task_ownership"): "717c88ad58fa99860339505d36f72c51c5b1ed6641b74cadc309fe9f6bdd60de",
+    ("sqlite", "005_usage_timing_hourly"): "0cab6d64cb50f33dc97d58cb89c9498b100ba3a51c922b65af7f51f19ddb1a6f",
     ("postgresql", "001_initial"): "76571828c7b4f78bbf05626698ea1e002bc6b1a0895148dd244c5cf9a8daf8b7",
     ("postgresql", "002_webhooks_media"): "ca4cea7bf6b4c31bde7a3e39570fea60ff661d8e7abfb2db103cb7443d6058ff",
     (
@@ -90,6 +91,10 @@ FROZEN = {
         "003_ledger_scopes_limits",
     ): "17e8f5c1d044e9e1bde4c34d2a546457bb04b77a4562cf28459f130a22589b85",
     ("postgresql", "004_task_ownership"): "d1b24fac3518ab737524b17a0ce0adb3830c63d04228109bbe9c36950854e4b7",
+    (
+        "postgresql",
+        "005_usage_timing_hourly",
+    ): "9bebc1228cfe3fe97a37058d9617cc43d4574ccfb8e0f758683278017b953554",
 }
 
 

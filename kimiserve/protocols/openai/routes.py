@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.errors import KimiserveError
-from kimiserve.http.auth import authenticate, bearer_key, services_of
+from kimiserve.http.auth import authenticate, bearer_key, caller, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
@@ -60,7 +60,7 @@ async def chat_completions(request: Request) -> Response:
     names: dict[str, str] = {}
     pipeline = services.pipeline
     try:
-        principal = await authenticate(services, bearer_key(request))
+        principal = await caller(services, request)
         pipeline.authorize(principal, "inference")
         chat = translate.parse(await read_json(request, services.settings.max_body_bytes))
         names = translate.param_names(chat)

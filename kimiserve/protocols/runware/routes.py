@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.errors import InvalidRequest, KimiserveError
-from kimiserve.http.auth import authenticate, bearer_key, services_of
+from kimiserve.http.auth import authenticate, caller, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.protocols.runware.dispatch import Dispatcher
@@ -48,7 +48,9 @@ async def post_tasks(request: Request) -> Response:
         return SafeJSONResponse({"errors": body_error_items(exc, None)}, status_code=status_of(exc))
     try:
         body_key, tasks = _split_auth(body)
-        principal = await authenticate(services, body_key if body_key is not None else bearer_key(request))
+        principal = await (
+            authenticate(services, body_key) if body_key is not None else caller(services, request)
+        )
     except KimiserveError as exc:
         return _error_response(exc, tasks)
     if len(tasks) == 1 and isinstance(tasks[0], dict) and tasks[0].get("deliveryMethod") == "stream":

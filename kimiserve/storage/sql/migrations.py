@@ -12,6 +12,7 @@ once; a database that records a migration this code does not know is refused (it
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import sqlalchemy as sa
@@ -143,11 +144,63 @@ CREATE TABLE replicas (
 );
 """
 
+# Usage rows record time to first token and decode time. `usage_hourly` keeps per-hour sums by
+# account, model and key, kept exact by a trigger on every usage row (whichever code inserts it)
+# and filled from the rows already there: the dashboard's week and month plots read a few thousand
+# rollup rows instead of every usage row. Indexes for its shorter ranges, a task's usage and the
+# recent tasks.
+_005_USAGE_TIMING_HOURLY = """
+ALTER TABLE usage_records ADD COLUMN ttft_ms INTEGER;
+ALTER TABLE usage_records ADD COLUMN decode_ms INTEGER;
+CREATE INDEX ix_usage_records_created_at ON usage_records (created_at);
+CREATE INDEX ix_usage_records_account_created ON usage_records (account_id, created_at);
+CREATE INDEX ix_usage_records_request_id ON usage_records (request_id);
+CREATE INDEX ix_tasks_created_at ON tasks (created_at);
+CREATE TABLE usage_hourly (
+    hour INTEGER NOT NULL,
+    account_id VARCHAR(36) NOT NULL,
+    model VARCHAR(200) NOT NULL,
+    key_id VARCHAR(32) NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    ttft_ms_sum INTEGER NOT NULL,
+    timed INTEGER NOT NULL,
+    decode_tokens INTEGER NOT NULL,
+    decode_ms INTEGER NOT NULL,
+    PRIMARY KEY (hour, account_id, model, key_id)
+);
+CREATE INDEX ix_usage_hourly_account_hour ON usage_hourly (account_id, hour);
+INSERT INTO usage_hourly
+    SELECT CAST(created_at / 3600 AS INTEGER) * 3600, account_id, model, COALESCE(key_id, ''),
+        COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros), 0, 0, 0, 0
+    FROM usage_records GROUP BY 1, 2, 3, 4;
+CREATE TRIGGER usage_hourly_add AFTER INSERT ON usage_records BEGIN
+    INSERT INTO usage_hourly VALUES (
+        CAST(NEW.created_at / 3600 AS INTEGER) * 3600, NEW.account_id, NEW.model, COALESCE(NEW.key_id, ''),
+        1, NEW.prompt_tokens, NEW.completion_tokens, NEW.cost_micros,
+        COALESCE(NEW.ttft_ms, 0), NEW.ttft_ms IS NOT NULL,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.completion_tokens ELSE 0 END,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.decode_ms ELSE 0 END
+    ) ON CONFLICT (hour, account_id, model, key_id) DO UPDATE SET
+        requests = requests + 1,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        cost_micros = cost_micros + excluded.cost_micros,
+        ttft_ms_sum = ttft_ms_sum + excluded.ttft_ms_sum,
+        timed = timed + excluded.timed,
+        decode_tokens = decode_tokens + excluded.decode_tokens,
+        decode_ms = decode_ms + excluded.decode_ms;
+END;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _001_INITIAL),
     ("002_webhooks_media", _002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _003_LEDGER_SCOPES_LIMITS),
     ("004_task_ownership", _004_TASK_OWNERSHIP),
+    ("005_usage_timing_hourly", _005_USAGE_TIMING_HOURLY),
 ]
 
 # ---- PostgreSQL: the same steps, frozen in its dialect ----------------------------------------
@@ -272,11 +325,65 @@ CREATE TABLE replicas (
 );
 """
 
+# The same rollup as SQLite's 005, its trigger a PL/pgSQL function (the body single-quoted, so the
+# statement splitter keeps it whole).
+_PG_005_USAGE_TIMING_HOURLY = """
+ALTER TABLE usage_records ADD COLUMN ttft_ms INTEGER;
+ALTER TABLE usage_records ADD COLUMN decode_ms INTEGER;
+CREATE INDEX ix_usage_records_created_at ON usage_records (created_at);
+CREATE INDEX ix_usage_records_account_created ON usage_records (account_id, created_at);
+CREATE INDEX ix_usage_records_request_id ON usage_records (request_id);
+CREATE INDEX ix_tasks_created_at ON tasks (created_at);
+CREATE TABLE usage_hourly (
+    hour BIGINT NOT NULL,
+    account_id VARCHAR(36) NOT NULL,
+    model VARCHAR(200) NOT NULL,
+    key_id VARCHAR(32) NOT NULL,
+    requests BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    ttft_ms_sum BIGINT NOT NULL,
+    timed BIGINT NOT NULL,
+    decode_tokens BIGINT NOT NULL,
+    decode_ms BIGINT NOT NULL,
+    PRIMARY KEY (hour, account_id, model, key_id)
+);
+CREATE INDEX ix_usage_hourly_account_hour ON usage_hourly (account_id, hour);
+INSERT INTO usage_hourly
+    SELECT CAST(FLOOR(created_at / 3600) AS BIGINT) * 3600, account_id, model, COALESCE(key_id, ''),
+        COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros), 0, 0, 0, 0
+    FROM usage_records GROUP BY 1, 2, 3, 4;
+CREATE FUNCTION usage_hourly_add() RETURNS trigger LANGUAGE plpgsql AS '
+BEGIN
+    INSERT INTO usage_hourly VALUES (
+        CAST(FLOOR(NEW.created_at / 3600) AS BIGINT) * 3600, NEW.account_id, NEW.model,
+        COALESCE(NEW.key_id, ''''),
+        1, NEW.prompt_tokens, NEW.completion_tokens, NEW.cost_micros,
+        COALESCE(NEW.ttft_ms, 0), CASE WHEN NEW.ttft_ms IS NOT NULL THEN 1 ELSE 0 END,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.completion_tokens ELSE 0 END,
+        CASE WHEN NEW.decode_ms > 0 THEN NEW.decode_ms ELSE 0 END
+    ) ON CONFLICT (hour, account_id, model, key_id) DO UPDATE SET
+        requests = usage_hourly.requests + 1,
+        prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens,
+        cost_micros = usage_hourly.cost_micros + excluded.cost_micros,
+        ttft_ms_sum = usage_hourly.ttft_ms_sum + excluded.ttft_ms_sum,
+        timed = usage_hourly.timed + excluded.timed,
+        decode_tokens = usage_hourly.decode_tokens + excluded.decode_tokens,
+        decode_ms = usage_hourly.decode_ms + excluded.decode_ms;
+    RETURN NEW;
+END';
+CREATE TRIGGER usage_hourly_add AFTER INSERT ON usage_records
+    FOR EACH ROW EXECUTE FUNCTION usage_hourly_add();
+"""
+
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _PG_001_INITIAL),
     ("002_webhooks_media", _PG_002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _PG_003_LEDGER_SCOPES_LIMITS),
     ("004_task_ownership", _PG_004_TASK_OWNERSHIP),
+    ("005_usage_timing_hourly", _PG_005_USAGE_TIMING_HOURLY),
 ]
 
 # Any constant both sides agree on: the advisory lock every replica's migration takes first.
@@ -296,7 +403,17 @@ def migrations_for(dialect: str) -> list[tuple[str, str]]:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements; a `;` inside one (a trigger's body) does not end it."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip().removesuffix(";").strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip().removesuffix(";").strip())
+    return statements
 
 
 def recorded(conn: Connection) -> set[str] | None:

@@ -27,8 +27,8 @@ _ENTRY = (
 )
 _USAGE = (
     "INSERT INTO usage_records (account_id, key_id, request_id, protocol, model, prompt_tokens, "
-    "completion_tokens, cached_tokens, reasoning_tokens, cost_micros, outcome, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "completion_tokens, cached_tokens, reasoning_tokens, cost_micros, outcome, created_at, ttft_ms, "
+    "decode_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -46,6 +46,8 @@ def _usage_values(u: UsageRow) -> tuple[object, ...]:
         u.cost_micros,
         u.outcome,
         time.time(),
+        u.ttft_ms,
+        u.decode_ms,
     )
 
 

@@ -75,6 +75,8 @@ usage_records = sa.Table(
     sa.Column("cost_micros", sa.BigInteger, nullable=False),
     sa.Column("key_id", sa.String(32), nullable=True),
     sa.Column("outcome", sa.String(20), nullable=False),  # completed | disconnected
+    sa.Column("ttft_ms", sa.Integer, nullable=True),  # 004: time to first token
+    sa.Column("decode_ms", sa.Integer, nullable=True),  # 004: first token to the end
 )
 
 schema_migrations = sa.Table(
@@ -146,4 +148,24 @@ replicas = sa.Table(
     sa.Column("id", sa.String(100), primary_key=True),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("lease_expires_at", sa.Float, nullable=False),
+)
+
+# ---- 005_usage_timing_hourly ------------------------------------------------------------------
+
+# Per-hour sums of usage_records by account, model and key ('' for none), kept by a trigger.
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),  # epoch seconds, a multiple of 3600
+    sa.Column("account_id", sa.String(36), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("ttft_ms_sum", sa.Integer, nullable=False),
+    sa.Column("timed", sa.Integer, nullable=False),  # rows with a measured time to first token
+    sa.Column("decode_tokens", sa.Integer, nullable=False),
+    sa.Column("decode_ms", sa.Integer, nullable=False),
 )
