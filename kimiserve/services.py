@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ async def open_platform(settings: Settings) -> Platform:
     usage = SqlUsageStore(db)
     sqlite_path = db.url.database if db.dialect.name == "sqlite" and db.url.database != ":memory:" else None
     owner = settings.resolved_replica_id()
-    ledger = SqliteLedgerStore(sqlite_path, owner) if sqlite_path else SqlLedgerStore(db, owner)
+    # One SQLite file, one writer at a time: the hot path's writers (tasks, ledger) queue on one
+    # lock in this process rather than in SQLite's busy handler.
+    write_lock = asyncio.Lock() if sqlite_path else None
+    ledger = SqliteLedgerStore(sqlite_path, owner, write_lock) if sqlite_path else SqlLedgerStore(db, owner)
     return Platform(
         db=db,
         account_store=store,
@@ -76,7 +80,7 @@ async def open_platform(settings: Settings) -> Platform:
         keys=keys,
         usage=usage,
         ledger=ledger,
-        tasks=Tasks(SqlTaskStore(db, owner, settings.task_lease_s)),
+        tasks=Tasks(SqlTaskStore(db, owner, settings.task_lease_s, write_lock)),
         admin=Admin(store, ledger, usage, accounts, keys),
     )
 

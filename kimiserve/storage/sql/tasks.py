@@ -7,8 +7,11 @@ replica renews with one statement for all its tasks; each replica keeps its own 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,11 +37,23 @@ def _row(r: Any) -> TaskRow:
 
 
 class SqlTaskStore:
-    def __init__(self, db: AsyncEngine, owner: str = "local", lease_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        db: AsyncEngine,
+        owner: str = "local",
+        lease_s: float = 30.0,
+        write_lock: asyncio.Lock | None = None,
+    ) -> None:
         self._db = db
         self.owner = owner
         self.lease_s = lease_s
         self._reads = single_statement_reads(db)
+        # SQLite: the lock every writer in this process takes (`sqlite_write_lock`), so writers
+        # queue here instead of in SQLite's busy handler.
+        self._write_lock = write_lock
+
+    def _writing(self) -> AbstractAsyncContextManager[object]:
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
     async def create(
         self, task_uuid: str, account_id: str, task_type: str, delivery: str, request: dict[str, Any]
@@ -46,7 +61,7 @@ class SqlTaskStore:
         """Record a new task as `processing`; raise TaskExists when the UUID was used before."""
         now = time.time()
         try:
-            async with self._db.begin() as conn:
+            async with self._writing(), self._db.begin() as conn:
                 await conn.execute(
                     tasks.insert().values(
                         task_uuid=task_uuid,
@@ -72,7 +87,7 @@ class SqlTaskStore:
         error: dict[str, Any] | None = None,
     ) -> bool:
         """End a `processing` task; False if it had already ended (the first ending wins)."""
-        async with self._db.begin() as conn:
+        async with self._writing(), self._db.begin() as conn:
             result = await conn.execute(
                 tasks.update()
                 .where(tasks.c.task_uuid == task_uuid, tasks.c.status == "processing")
