@@ -126,8 +126,8 @@ class UpstreamEngine:
                 if response.status_code >= 400:
                     raise errors.from_status(response.status_code, await response.aread(), label)
                 started = True
-                body = response.aiter_bytes()
-                async for data in sse_data(body):
+                raw = response.aiter_bytes()
+                async for data in sse_data(raw):
                     try:
                         chunk = json.loads(data)
                     except ValueError:
@@ -147,7 +147,7 @@ class UpstreamEngine:
                 # end soon is dropped with its connection.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DRAIN_S):
-                        async for _ in body:
+                        async for _ in raw:
                             pass
         except httpx.TransportError as exc:
             raise errors.from_transport(exc, label, streaming=started) from None
