@@ -176,6 +176,7 @@ class Connection(asyncio.Protocol):
         self.first: asyncio.Future[None] | None = None
         self.frames = 0
         self.status = 0
+        self.error = b""
         self.lost = False
         self.closing = False
 
@@ -199,6 +200,8 @@ class Connection(asyncio.Protocol):
         self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
+        if self.status != 200:
+            self.error += body
         self.frames += body.count(b"data:")
         if self.first is not None and not self.first.done():
             self.first.set_result(None)
@@ -286,7 +289,7 @@ async def load(target: Target, request: bytes, concurrency: int, seconds: float)
             conn.frames = 0
             status = await conn.send(request)
             if status != 200:
-                raise SystemExit(f"{target.name}: HTTP {status}")
+                raise SystemExit(f"{target.name}: HTTP {status}: {conn.error[:500]!r}")
             result.latencies.append(time.perf_counter() - started)
             result.done += 1
             result.frames += conn.frames

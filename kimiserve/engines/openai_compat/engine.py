@@ -70,7 +70,9 @@ class UpstreamEngine:
             limits=httpx.Limits(
                 max_connections=config.max_concurrency,
                 max_keepalive_connections=config.max_concurrency,
-                keepalive_expiry=30.0,
+                # Below the 5 s idle timeout of uvicorn (vLLM's and SGLang's server), so an idle
+                # connection is dropped here before the upstream closes it under a new request.
+                keepalive_expiry=4.0,
             ),
         )
 
