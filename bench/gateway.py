@@ -16,6 +16,10 @@ Three processes on the same cores, started by this script:
   from a models file whose one upstream is that server, behind an API key (checked per request);
 - the LiteLLM proxy (`litellm --config`, one worker, no database, a master key), `kimi-k2.6` as
   `openai/…` at the same upstream.
+What each does per request differs: kimiserve looks the key up in SQLite, admits the request
+through its pipeline (limits, the account) and writes a usage row (SQLite) when it ends, and
+always streams from the upstream (its non-streaming answers are assembled from the stream);
+LiteLLM compares the master key and, with no database, records nothing.
 The load comes from this process: raw HTTP/1.1 keep-alive connections (httptools parser on
 uvloop), so the client costs each target the same and little. Rounds alternate the order of the
 targets; each figure is the median over rounds:
