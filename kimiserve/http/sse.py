@@ -41,12 +41,15 @@ class _Pump(Generic[T]):
         self._end: BaseException | None = None  # StopAsyncIteration() or the source's error
         self._wake: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run())
 
     async def _run(self) -> None:
         try:
             async for item in self._source:
+                if self._closing:
+                    break  # the source swallowed the cancellation and went on: it is not wanted
                 self._items.append(item)
                 self.poke()
                 if len(self._items) >= self._ahead:
@@ -96,6 +99,7 @@ class _Pump(Generic[T]):
             self._wake = None
 
     async def aclose(self) -> None:
+        self._closing = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self._source.aclose()  # type: ignore[attr-defined]
