@@ -16,12 +16,14 @@
     context_length = 262144
     vision = true
 
-Validated whole at start; every error names its entry (`models[0].upstreams[1].dialect`).
+Validated whole at start; every error names its line and its entry
+(`line 12: models[0].upstreams[1].dialect: …`; TOML syntax errors name the line as tomllib does).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +98,50 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(file)"
 
 
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s-]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _lines(text: str) -> dict[tuple[int | str, ...], tuple[int, dict[str, int]]]:
+    """Where each table of the file starts (1-based line) and the line of each of its keys, by
+    the path pydantic reports (`("models", 0, "upstreams", 1)`). Array-of-tables headers count
+    their entries; dotted keys and tables spread over several headers are not followed."""
+    blocks: dict[tuple[int | str, ...], tuple[int, dict[str, int]]] = {(): (1, {})}
+    counts: dict[tuple[str, ...], int] = {}
+    current: tuple[int | str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if header := _HEADER.match(line):
+            names = tuple(n.strip() for n in header.group(2).split("."))
+            path: list[int | str] = []
+            for depth, name in enumerate(names):
+                path.append(name)
+                prefix = names[: depth + 1]
+                if depth < len(names) - 1 and prefix in counts:
+                    path.append(counts[prefix] - 1)  # the latest entry of an enclosing array
+            if header.group(1) == "[[":
+                counts[names] = counts.get(names, 0) + 1
+                path.append(counts[names] - 1)
+            current = tuple(path)
+            blocks[current] = (number, {})
+        elif (key := _KEY.match(line)) and current in blocks:
+            blocks[current][1].setdefault(key.group(1), number)
+    return blocks
+
+
+def _line_of(
+    blocks: dict[tuple[int | str, ...], tuple[int, dict[str, int]]], loc: tuple[int | str, ...]
+) -> int:
+    """The line an error at `loc` is about: its key's, else its table's header."""
+    for split in range(len(loc), -1, -1):
+        block, rest = loc[:split], loc[split:]
+        if block in blocks:
+            header, keys = blocks[block]
+            if rest and isinstance(rest[0], str) and rest[0] in keys:
+                return keys[rest[0]]
+            return header
+    return 1
+
+
 def parse(text: str, source: str = "models file") -> ModelsFile:
     try:
         raw = tomllib.loads(text)
@@ -104,14 +150,29 @@ def parse(text: str, source: str = "models file") -> ModelsFile:
     try:
         parsed = ModelsFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
+        blocks = _lines(text)
+        errors = exc.errors()
+        # An invalid entry also makes its list "too short" (it is left out): say only the first.
+        inner = [tuple(e["loc"]) for e in errors]
+        errors = [
+            e
+            for e in errors
+            if not (
+                e["type"] == "too_short"
+                and any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in inner)
+            )
+        ]
+        problems = "; ".join(
+            f"line {_line_of(blocks, tuple(e['loc']))}: {_where(tuple(e['loc']))}: {e['msg']}" for e in errors
+        )
         raise ModelsFileError(f"{source}: {problems}") from None
     names: dict[str, int] = {}
     for i, model in enumerate(parsed.models):
         for name in (model.id, *model.aliases):
             if name in names and names[name] != i:
+                line = _line_of(_lines(text), ("models", i, "aliases" if name != model.id else "id"))
                 raise ModelsFileError(
-                    f"{source}: models[{i}]: the name {name!r} is taken by models[{names[name]}]"
+                    f"{source}: line {line}: models[{i}]: the name {name!r} is taken by models[{names[name]}]"
                 )
             names[name] = i
     return parsed

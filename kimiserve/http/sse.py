@@ -10,11 +10,13 @@ error frame, the way it does any other failure after the headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kimiserve.http.encoding import dumps
-from kimiserve.http.shutdown import Drain, ServerShuttingDown, current_drain, until_ending
+from kimiserve.http.shutdown import ServerShuttingDown, current_drain
 
 T = TypeVar("T")
 
@@ -26,77 +28,165 @@ def frame(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+class _Pump(Generic[T]):
+    """One task that reads `source` ahead (at most `ahead` items), for a reader that waits on
+    the items and on other news (a keep-alive timer, the server's shutdown) alike: a future per
+    wait, no task per item. Closing the pump cancels the task, which closes the source where it
+    waits (so a client disconnect cancels generation)."""
+
+    def __init__(self, source: AsyncIterator[T], ahead: int = 8) -> None:
+        self._source = source
+        self._ahead = ahead
+        self._items: deque[T] = deque()
+        self._end: BaseException | None = None  # StopAsyncIteration() or the source's error
+        self._wake: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for item in self._source:
+                if self._closing:
+                    break  # the source swallowed the cancellation and went on: it is not wanted
+                self._items.append(item)
+                self.poke()
+                if len(self._items) >= self._ahead:
+                    self._room = self._loop.create_future()
+                    await self._room
+        except BaseException as exc:  # the reader gets it (a cancellation too: it ends the source)
+            self._end = exc
+        else:
+            self._end = StopAsyncIteration()
+        self.poke()
+
+    @property
+    def ready(self) -> bool:
+        """An item, or the end, is there to `take`."""
+        return bool(self._items) or self._end is not None
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The source's error, when it ended with one and every item before it was taken."""
+        if self._items or isinstance(self._end, StopAsyncIteration):
+            return None
+        return self._end
+
+    def take(self) -> T:
+        """The next item; raises the source's end (StopAsyncIteration or its error) after the last."""
+        if self._items:
+            item = self._items.popleft()
+            if self._room is not None and not self._room.done():
+                self._room.set_result(None)
+            return item
+        assert self._end is not None, "take() before ready"
+        raise self._end
+
+    def poke(self) -> None:
+        """Wake the reader's `wait` (something else it waits for has happened)."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Until `ready`, or a `poke`."""
+        if self.ready:
+            return
+        self._wake = self._loop.create_future()
+        try:
+            await self._wake
+        finally:
+            self._wake = None
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._source.aclose()  # type: ignore[attr-defined]
+
+
 async def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
     """Yield the source's frames, and a comment line whenever it is silent for `interval_s`.
 
+    One reader task and one timer per stream (re-armed when it fires, not per frame).
     Closing this generator closes the source (so a client disconnect cancels generation).
     """
-    pending: asyncio.Task[bytes] | None = None
+    loop = asyncio.get_running_loop()
+    pump = _Pump(source)
+    last = loop.time()  # when the client was last sent something
+    due = False
+    timer: asyncio.TimerHandle
+
+    def tick() -> None:
+        nonlocal timer, due
+        now = loop.time()
+        if now - last >= interval_s:
+            due = True
+            pump.poke()
+            timer = loop.call_at(now + interval_s, tick)
+        else:
+            timer = loop.call_at(last + interval_s, tick)
+
+    timer = loop.call_at(last + interval_s, tick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
+            await pump.wait()
+            if pump.ready:
+                try:
+                    chunk = pump.take()
+                except StopAsyncIteration:
+                    return
+                last = loop.time()
+                yield chunk
+            elif due:
+                due = False
+                last = loop.time()
                 yield KEEPALIVE
-                continue
-            task, pending = pending, None
-            try:
-                chunk = task.result()
-            except StopAsyncIteration:
-                return
-            yield chunk
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-        await source.aclose()  # type: ignore[attr-defined]
-
-
-async def _next_or_shutdown(item: asyncio.Future[T], drain: Drain | None) -> T:
-    """The item, unless the server's shutdown reaches `ending` first (or we are cancelled)."""
-    if drain is None:
-        return await item  # cancelling this await cancels the item too
-    try:
-        arrived = await until_ending(drain, item)
-    except BaseException:
-        item.cancel()
-        await asyncio.gather(item, return_exceptions=True)
-        raise
-    if not arrived:
-        item.cancel()
-        await asyncio.gather(item, return_exceptions=True)
-        raise ServerShuttingDown
-    return item.result()
+        timer.cancel()
+        await pump.aclose()
 
 
 async def primed(source: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
     """Wait up to `timeout_s` for the source's first item, so early errors (a prompt too long,
-    a bad grammar) raise here, before response headers are sent; then the same stream."""
+    a bad grammar) raise here, before response headers are sent; then the same stream.
+
+    The stream raises `ServerShuttingDown` from its next item once the server's shutdown
+    reaches `ending` (one watcher per stream, not a task per item)."""
     drain = current_drain()
-    first = asyncio.ensure_future(anext(source))
-    done, _ = await asyncio.wait({first}, timeout=timeout_s)
-    if done and first.exception() is not None:
-        await source.aclose()  # type: ignore[attr-defined]
-        exc = first.exception()
-        assert exc is not None
-        if not isinstance(exc, StopAsyncIteration):
-            raise exc
+    pump = _Pump(source)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await pump.wait()
+    except BaseException:
+        await pump.aclose()
+        raise
+    if (error := pump.failed) is not None:
+        await pump.aclose()
+        if not isinstance(error, asyncio.CancelledError):
+            raise error
+        raise asyncio.CancelledError
 
     async def rest() -> AsyncIterator[T]:
+        ending: asyncio.Future[Any] | None = None
+        if drain is not None and not drain.ending.is_set():
+            ending = asyncio.ensure_future(drain.ending.wait())
+            ending.add_done_callback(lambda _: pump.poke())
         try:
-            try:
-                yield await _next_or_shutdown(first, drain)
-            except StopAsyncIteration:
-                return
             while True:
-                try:
-                    item = await _next_or_shutdown(asyncio.ensure_future(anext(source)), drain)
-                except StopAsyncIteration:
-                    return
-                yield item
+                await pump.wait()
+                if drain is not None and drain.ending.is_set():
+                    raise ServerShuttingDown
+                if pump.ready:
+                    try:
+                        item = pump.take()
+                    except StopAsyncIteration:
+                        return
+                    yield item
         finally:
-            first.cancel()
-            await source.aclose()  # type: ignore[attr-defined]
+            if ending is not None:
+                ending.cancel()
+            await pump.aclose()
 
     return rest()

@@ -8,6 +8,8 @@ as the request's cancellation. One pooled httpx client per upstream: keep-alive,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -33,6 +35,8 @@ from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
 from kimiserve.errors import EngineError, UnsupportedFeature
 
 log = logging.getLogger(__name__)
+
+DRAIN_S = 1.0  # how long the end of a body may take after its `[DONE]`
 
 REASK = (
     "Error: {problem}. Nothing was run. Call the tool again with arguments that are a JSON object "
@@ -66,7 +70,9 @@ class UpstreamEngine:
             limits=httpx.Limits(
                 max_connections=config.max_concurrency,
                 max_keepalive_connections=config.max_concurrency,
-                keepalive_expiry=30.0,
+                # Below the 5 s idle timeout of uvicorn (vLLM's and SGLang's server), so an idle
+                # connection is dropped here before the upstream closes it under a new request.
+                keepalive_expiry=4.0,
             ),
         )
 
@@ -122,7 +128,8 @@ class UpstreamEngine:
                 if response.status_code >= 400:
                     raise errors.from_status(response.status_code, await response.aread(), label)
                 started = True
-                async for data in sse_data(response.aiter_lines()):
+                raw = response.aiter_bytes()
+                async for data in sse_data(raw):
                     try:
                         chunk = json.loads(data)
                     except ValueError:
@@ -137,6 +144,13 @@ class UpstreamEngine:
                         raise errors.from_stream_error(chunk, label)
                     for event in reader.feed(chunk):
                         yield event
+                # After `[DONE]` only the end of the body is left (usually already received):
+                # read it, so the connection is reused rather than closed; a body that does not
+                # end soon is dropped with its connection.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DRAIN_S):
+                        async for _ in raw:
+                            pass
         except httpx.TransportError as exc:
             raise errors.from_transport(exc, label, streaming=started) from None
         if reader.finish is None:

@@ -38,6 +38,13 @@ async def merge(
 
     The first error ends the merge; closing it (or an error) closes every source.
     """
+    if len(sources) == 1:  # the usual case (n = 1): no task per event
+        try:
+            async for event in sources[0]:
+                yield 0, event
+        finally:
+            await sources[0].aclose()  # type: ignore[attr-defined]
+        return
     pending: dict[asyncio.Future[PipelineEvent], int] = {
         asyncio.ensure_future(anext(s)): i for i, s in enumerate(sources)
     }

@@ -74,6 +74,35 @@ def test_errors_name_the_entry(edit: object, named: str) -> None:
     assert named in caught.value.message and caught.value.message.startswith("models.toml")
 
 
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (
+            lambda t: t.replace('dialect = "sglang"', 'dialect = "tgi"'),
+            "line 17: models[0].upstreams[1].dialect",
+        ),
+        (
+            lambda t: t.replace("max_concurrency = 8", "max_concurrency = 0"),
+            "line 12: models[0].upstreams[0]",
+        ),
+        (lambda t: t.replace("cached = 0.08", "cached = 0.08, extra = 1"), "line 6: models[0].price.extra"),
+        (lambda t: t.replace('id = "kimi-k2.6"\n', ""), "line 2: models[0].id: Field required"),  # its table
+        (lambda t: t + '\n[[models]]\nid = "x"\nupstreams = []\n', "line 23: models[1].upstreams"),
+        (
+            lambda t: t.replace('model = "moonshotai/Kimi-K2.6"\ndialect = "sglang"', 'dialect = "sglang"'),
+            "line 14:",
+        ),
+        (lambda t: t.replace("[[models]]", "[[models]"), "line 2"),  # tomllib's own message
+    ],
+)
+def test_errors_name_the_line(edit: object, named: str) -> None:
+    with pytest.raises(ModelsFileError) as caught:
+        parse(edit(good()), "models.toml")  # type: ignore[operator]
+    assert named in caught.value.message, caught.value.message
+    # an invalid upstream is not also reported as its list being "too short"
+    assert "Tuple should have" not in caught.value.message or named.endswith(".upstreams")
+
+
 def test_a_missing_key_variable_is_named() -> None:
     with pytest.raises(ModelsFileError) as caught:
         build(parse(good()), env={})
@@ -88,7 +117,7 @@ def test_duplicate_names_across_models_are_refused() -> None:
     other += '[[models.upstreams]]\nurl = "http://x/v1"\nmodel = "m"\n'
     with pytest.raises(ModelsFileError) as caught:
         parse(good() + "\n" + other)
-    assert "models[1]: the name 'kimi-k2.6' is taken by models[0]" in caught.value.message
+    assert "line 23: models[1]: the name 'kimi-k2.6' is taken by models[0]" in caught.value.message
 
 
 async def test_registry_serves_file_models_and_keeps_the_embedded_one(
