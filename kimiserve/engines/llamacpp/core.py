@@ -123,7 +123,14 @@ class Core:
                 self._cancelled_early.discard(job_id)
                 return
             sampler = SamplerChain(self.model, sampling, self.grammar(request), active=False)
-            job = Job(job_id, prompt, sampling, sampler, self._turn(request, sampler), request.cache_scope)
+            job = Job(
+                job_id,
+                prompt,
+                sampling,
+                sampler,
+                self._turn(request, sampler, len(prompt)),
+                request.cache_scope,
+            )
             self.scheduler.submit(job)
             if job_id in self._cancelled_early:  # the cancel overtook this submit
                 self._cancelled_early.discard(job_id)
@@ -131,15 +138,21 @@ class Core:
         except KimiserveError as exc:
             self._emit([(job_id, [exc])], -1, -1)
 
-    def _turn(self, request: GenerationRequest, sampler: SamplerChain) -> Turn:
+    def _turn(self, request: GenerationRequest, sampler: SamplerChain, prompt_tokens: int) -> Turn:
         offered = toolcalls.calls_offered(request)
+        # Reasoning gets the level's budget, but at most half of what the turn can still write
+        # (max_tokens, the context left), so the answer always has room.
+        room = self.model.n_ctx_seq - prompt_tokens
+        if request.sampling.max_tokens is not None:
+            room = min(room, request.sampling.max_tokens)
+        budget = min(THINKING_BUDGETS[request.thinking], room // 2)
         forced = toolcalls.call_forced(request)
         return Turn(
             sampler=sampler,
             piece=self.model.piece,
             tokenize=self.model.tokenize,
             stops=request.sampling.stop,
-            budget=THINKING_BUDGETS[request.thinking],
+            budget=max(budget, 1) if request.thinking != "none" else 0,
             think_close=self._think_close,
             tools=offered,
             forced_call=self._call_open if forced else None,

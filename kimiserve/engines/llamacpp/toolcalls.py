@@ -32,16 +32,10 @@ THINK_OPEN = "<think>\n"
 THINK_END = "</think>"
 THINK_CLOSE = "\n</think>\n\n"
 
-TOOLS_HEADER = (
-    "# Tools\n\n"
-    "You may call one of the following functions to assist with the user query. "
-    "The function signatures are within <tools></tools> XML tags:\n<tools>\n"
-)
+TOOLS_HEADER = "You may call these functions (JSON signatures):\n<tools>\n"
 TOOLS_FOOTER = (
-    "\n</tools>\n\n"
-    "To call a function, answer with a JSON object with the function name and its arguments "
-    "within <tool_call></tool_call> XML tags:\n"
-    '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>'
+    "\n</tools>\n"
+    'To call one, answer <tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>'
 )
 
 
