@@ -105,6 +105,7 @@ def validator(schema: object) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+@pytest.mark.timeout(1800)  # 51 prompts of ~180 tokens: minutes on 2 shared cores
 async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEngine) -> None:
     assert len(SCHEMAS) >= 50
     names = list(SCHEMAS)
@@ -236,3 +237,50 @@ async def test_kept_reasoning_is_in_the_prompt_only_when_asked(engine: LlamaCppE
         replace(request("Name a fruit.", tools=(), history=history), keep_reasoning=True)
     )
     assert len(kept) >= len(dropped) + 80
+
+
+def test_call_grammar_keeps_each_schemas_refs_and_parses_calls() -> None:
+    import llguidance
+
+    from kimiserve.engines.llamacpp import toolcalls
+
+    schema = SCHEMAS["ref_defs"]
+    tools = (ToolSpec("trip", "", json.dumps(schema)), CLOCK)
+    source = toolcalls.call_grammar(tools)
+    assert source.count("%json") == 2 and '"#/$defs/place"' in source
+    failed, errors = llguidance.LLMatcher.validate_grammar_with_warnings(
+        llguidance.LLMatcher.grammar_from_lark(source)
+    )
+    assert not failed, errors
+    body = '{"name":"trip","arguments":{"from":{"city":"A","country":"FR"},"to":{"city":"B","country":"DE"}}}'
+    call = toolcalls.parse_call(body, tools, "call_x")
+    assert call == ToolCall(
+        "call_x", "trip", json.dumps(json.loads(body)["arguments"], separators=(",", ":"))
+    )
+    assert toolcalls.parse_call('{"name":"other","arguments":{}}', tools, "c") is None
+    assert toolcalls.parse_call('{"name":"now"', tools, "c") is None
+
+
+def test_prompt_messages_render_tools_calls_results_and_kept_reasoning() -> None:
+    from kimiserve.engines.llamacpp import toolcalls
+
+    call = ToolCall("call_1", "get_weather", '{"city":"Paris","unit":"c"}')
+    history = (
+        Message("system", "Be brief."),
+        Message("user", "Weather?"),
+        Message("assistant", "Checking.", tool_calls=(call,), reasoning="They want weather."),
+        Message("tool", "Sunny", tool_call_id="call_1"),
+    )
+    req = request("Thanks", history=history)
+    out = toolcalls.prompt_messages(req)
+    assert [m.role for m in out] == ["system", "user", "assistant", "user", "user"]
+    assert out[0].content.startswith("Be brief.\n\n") and '"name":"get_weather"' in out[0].content
+    assert (
+        out[2].content
+        == 'Checking.<tool_call>{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}</tool_call>'
+    )
+    assert out[3].content == "<tool_response>\nSunny\n</tool_response>"
+    kept = toolcalls.prompt_messages(replace(req, keep_reasoning=True))
+    assert kept[2].content.startswith("<think>\nThey want weather.\n</think>\n\nChecking.")
+    none = toolcalls.prompt_messages(replace(req, tool_choice=ToolChoice("none")))
+    assert none[0].content == "Be brief."

@@ -6,7 +6,7 @@ it through `asyncio.to_thread`. `aclose()` (or `close()`) stops the worker.
 
 - `await check(request)` validates the request in the worker (prompt tokens, context, images,
   the grammar compiled within its budget and cached there), raising `InvalidRequest` subclasses
-  or `GrammarError` (parameter `constraint`).
+  or `GrammarError` (parameter `constraint`, or `tools[i].schema` for a tool's schema).
 - `generate(request)` returns an async generator (close it with `contextlib.aclosing`): it
   queues the request in the worker and yields ReasoningDelta… (thinking), TextDelta…, at most
   one ToolCallEvent, one Usage, one Finished. A request
