@@ -43,6 +43,7 @@ JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
     "coerce_one_of": True,
 }
 INTEGER_LIMIT = 10**16 - 1
+FORMAT_LENGTHS = {"date-time": 35, "time": 24}  # 2023-01-01T00:00:00.123456789+00:00
 NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 PARAMETER = "constraint"  # the protocols map it to response_format / settings.jsonSchema
 
@@ -170,7 +171,9 @@ class GrammarCache:
 
 
 def bound_integers(node: Any) -> Any:
-    """A copy of a schema where every integer without bounds gets ±(10**16 - 1)."""
+    """A copy of a schema where every integer without bounds gets ±(10**16 - 1), and every
+    `date-time`/`time` string without a maxLength gets one (35/24 characters: nine fraction
+    digits and an offset), whose fraction digits a small model otherwise writes until max_tokens."""
     if isinstance(node, list):
         return [bound_integers(item) for item in node]
     if not isinstance(node, dict):
@@ -182,6 +185,9 @@ def bound_integers(node: Any) -> Any:
             out["minimum"] = -INTEGER_LIMIT
         if "maximum" not in node and "exclusiveMaximum" not in node:
             out["maximum"] = INTEGER_LIMIT
+    limit = FORMAT_LENGTHS.get(node.get("format")) if isinstance(node.get("format"), str) else None
+    if limit is not None and "maxLength" not in node:
+        out["maxLength"] = limit
     return out
 
 
