@@ -185,7 +185,8 @@ def bound_integers(node: Any) -> Any:
             out["minimum"] = -INTEGER_LIMIT
         if "maximum" not in node and "exclusiveMaximum" not in node:
             out["maximum"] = INTEGER_LIMIT
-    limit = FORMAT_LENGTHS.get(node.get("format")) if isinstance(node.get("format"), str) else None
+    fmt = node.get("format")
+    limit = FORMAT_LENGTHS.get(fmt) if isinstance(fmt, str) else None
     if limit is not None and "maxLength" not in node:
         out["maxLength"] = limit
     return out

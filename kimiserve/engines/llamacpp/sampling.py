@@ -72,6 +72,7 @@ class SamplerChain:
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
         self.closing = False  # tokens are being forced to close the JSON before max_tokens
+        self.closing_valid = True  # ...and the grammar accepted every one of them
         # The grammar applies from activate() on (after a reasoning section or a call marker).
         self.active = active
         try:
@@ -174,8 +175,10 @@ class SamplerChain:
         if token not in self._eog:
             # A forced closing token may break the schema (a required key never written): the
             # matcher is not asked again after that, the output still parses.
-            if not self.matcher.consume_token(token) and not self.closing:
-                raise EngineError("The grammar rejected a token it allowed.")
+            if not self.matcher.consume_token(token):
+                if not self.closing:
+                    raise EngineError("The grammar rejected a token it allowed.")
+                self.closing_valid = False
             if self.tail is not None:
                 self.tail.feed(self._model.piece(token))
         return token
@@ -200,11 +203,19 @@ class SamplerChain:
         if accept:
             llama.llama_sampler_accept(self.handle, token)
             self.tail.feed(self._model.piece(token))
+            # Still followed by the grammar: tells whether the closed output matches it.
+            if self.closing_valid and self.matcher is not None and not self.matcher.consume_token(token):
+                self.closing_valid = False
         return token
 
     @property
     def needs_mask(self) -> bool:
         return self.constrained and not self.closing
+
+    @property
+    def closed_valid(self) -> bool:
+        """The JSON was closed early and the grammar accepts the whole output as it stands."""
+        return self.closed and self.closing_valid and self.matcher is not None and self.matcher.is_accepting()
 
     @property
     def closed(self) -> bool:

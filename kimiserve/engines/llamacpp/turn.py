@@ -15,7 +15,8 @@ tokens the engine writes itself instead of sampling (`forced`):
   from the first answer token.
 - CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete the
   sequence ends with a `ToolCallEvent` and `Finished("tool_calls")`. A body cut by `max_tokens`
-  is closed by `JsonTail` (so it parses) but is not reported as a call: it ends with `length`.
+  is closed by `JsonTail` (so it parses); it is reported as a call only if the grammar accepts
+  the closed body (the schema holds), otherwise it ends with `length` and no call.
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ class Turn:
         if self.phase == CALL:
             self._call += piece
             tail = self._sampler.tail
-            self.call_done = tail is not None and tail.done and not self._sampler.closing
+            # complete: closed by the model, or closed by the engine at max_tokens in a way the
+            # grammar (the schema) still accepts
+            sampler = self._sampler
+            self.call_done = tail is not None and tail.done and (not sampler.closing or sampler.closed_valid)
             return []
         if self._marker_left > 0:
             self._marker_left -= 1
