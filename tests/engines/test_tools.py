@@ -284,3 +284,16 @@ def test_prompt_messages_render_tools_calls_results_and_kept_reasoning() -> None
     assert kept[2].content.startswith("<think>\nThey want weather.\n</think>\n\nChecking.")
     none = toolcalls.prompt_messages(replace(req, tool_choice=ToolChoice("none")))
     assert none[0].content == "Be brief."
+
+
+def test_declared_objects_are_closed_except_where_branches_merge() -> None:
+    from kimiserve.engines.llamacpp import toolcalls
+
+    closed = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["nested_object"]))))
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["user"]["additionalProperties"] is False
+    typed = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["additional_typed"]))))
+    assert typed["additionalProperties"] == SCHEMAS["additional_typed"]["additionalProperties"]
+    merged = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["allof_merge"]))))
+    assert all("additionalProperties" not in branch for branch in merged["allOf"])
+    assert merged["x-guidance"] == {"whitespace_flexible": False, "lenient": True, "coerce_one_of": True}
