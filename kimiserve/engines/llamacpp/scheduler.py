@@ -63,6 +63,7 @@ class Scheduler:
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
         self._outbox = Outbox(emit)
         self._jobs: dict[int, Job] = {}
+        self._eog = np.array(sorted(model.eog_tokens), dtype=np.int64)
         # Called on the scheduler thread after an unexpected failure has been reported to every
         # job; the worker process exits there, so the supervisor restarts it.
         self.on_failure: Callable[[], None] | None = None
@@ -260,6 +261,11 @@ class Scheduler:
             sampler.accept_forced(token)
             self._accept(slot, token)
         elif not sampler.constrained:
+            if job.turn.answer_pending:  # after a reasoning section: the answer may not be empty
+                row = np.ctypeslib.as_array(
+                    llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
+                )
+                row[self._eog] = -np.inf
             self._accept(slot, slot.sampler_sample(self._ctx, index))
         else:
             row = np.ctypeslib.as_array(

@@ -7,7 +7,8 @@ tokens the engine writes itself instead of sampling (`forced`):
   (`ReasoningDelta`) until the model writes `</think>`, or until the budget is nearly spent: then
   the engine writes `\\n</think>\\n\\n` itself, so reasoning (closing included) never exceeds
   `THINKING_BUDGETS[level]`. An end-of-generation token in the section is replaced by the same
-  closing (the answer still comes). `reasoning_tokens` counts the section's tokens.
+  closing, and end-of-generation is banned until the answer has some text (the answer still
+  comes). `reasoning_tokens` counts the section's tokens.
 - ANSWER: text (`TextDelta`, user stop strings apply). With tools under `auto`, `<tool_call>` is
   watched like a stop string: when the model writes it, the call grammar starts there (a lazy
   grammar, as llama.cpp's trigger words). Under `required`/named the engine writes `<tool_call>`
@@ -83,6 +84,11 @@ class Turn:
             self._marker_left = len(self._forced_call)
         elif not self._lazy_call:
             self._sampler.activate([])  # the request's constraint, if any, from here on
+
+    @property
+    def answer_pending(self) -> bool:
+        """After a reasoning section, no answer text yet: the engine bans end-of-generation."""
+        return self.phase == ANSWER and self._lead and self._marker_left == 0
 
     def on_eog(self) -> bool:
         """An end-of-generation token was sampled: True if it is replaced by `forced[0]`."""
