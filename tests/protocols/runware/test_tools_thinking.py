@@ -114,7 +114,7 @@ async def test_sdk_tools_with_tool_result_history(sdk: Any) -> None:
     [item] = await sdk.textInference(
         types.ITextInference(
             model=MODEL,
-            messages=[types.ITextInferenceMessage(**m) for m in HISTORY],
+            messages=[dict(m) for m in HISTORY],
             tools=[tool],
             settings=types.ISettings(maxTokens=24),
         )
