@@ -78,8 +78,8 @@ def test_engine_protocol_and_capabilities(engine: LlamaCppEngine) -> None:
     caps = engine.capabilities
     assert caps.context_length == 512
     assert (caps.thinking, caps.tools, caps.vision, caps.max_concurrency) == (
-        "none",  # no budget forcing yet (issue 11)
-        "none",  # no tool-call grammar yet (issue 11)
+        "budgeted",  # a <think> section the engine closes when the level's budget is spent
+        "constrained",  # calls generated under a grammar from the tools' schemas
         False,
         8,
     )

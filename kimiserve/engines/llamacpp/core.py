@@ -17,14 +17,16 @@ import logging
 
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from kimiserve.domain.types import Finished, GenerationRequest, Usage
+from kimiserve.domain.types import THINKING_BUDGETS, Constraint, Finished, GenerationRequest, Usage
+from kimiserve.engines.llamacpp import toolcalls
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
-from kimiserve.engines.llamacpp.grammar import GrammarCache
+from kimiserve.engines.llamacpp.grammar import Grammar, GrammarCache
 from kimiserve.engines.llamacpp.job import Emit, Job
 from kimiserve.engines.llamacpp.model import NativeModel
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.scheduler import Scheduler
 from kimiserve.engines.llamacpp.template import ChatTemplate
+from kimiserve.engines.llamacpp.turn import Turn
 from kimiserve.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -50,6 +52,8 @@ class Core:
             self.grammars = GrammarCache(
                 tokenizer, budget_s=config.grammar_budget_s, size=config.grammar_cache
             )
+            self._think_close = tuple(self.model.tokenize(toolcalls.THINK_CLOSE))
+            self._call_open = tuple(self.model.tokenize(toolcalls.CALL_OPEN))
             self.scheduler = Scheduler(self.model, config, emit)
             self.scheduler.start()
             self._cancelled_early: set[int] = set()  # cancelled before their submit was handled
@@ -62,8 +66,25 @@ class Core:
         return self.model.n_ctx_seq
 
     def tokenize(self, request: GenerationRequest) -> list[int]:
-        """The prompt tokens a request's messages render to with the model's chat template."""
-        return self.model.tokenize(self.template.render(request.messages, request.tools))
+        """The prompt tokens a request renders to: its messages (tools listed in the system
+        message, see `toolcalls.py`) through the model's chat template, and `<think>\n` when the
+        request thinks."""
+        text = self.template.render(toolcalls.prompt_messages(request))
+        if request.thinking != "none":
+            text += toolcalls.THINK_OPEN
+        return self.model.tokenize(text)
+
+    def grammar(self, request: GenerationRequest) -> Grammar | None:
+        """The request's grammar (compiled within the budget, cached): its tools' calls when a
+        call may be made, else its constraint. A tool schema that does not compile is refused
+        naming `tools[i].schema`."""
+        offered = toolcalls.calls_offered(request)
+        if not offered or (request.constraint is not None and not toolcalls.call_forced(request)):
+            return self.grammars.get(request.constraint)
+        for i, tool in enumerate(request.tools):
+            if tool in offered:
+                self.grammars.get(Constraint(json_schema=tool.parameters), parameter=f"tools[{i}].schema")
+        return self.grammars.get_calls(toolcalls.call_grammar(offered), parameter="tools")
 
     def check(self, request: GenerationRequest) -> list[int]:
         """Validate a request and compile its grammar (cached); return its prompt tokens."""
@@ -87,7 +108,7 @@ class Core:
                 f"context of {limit} tokens; at most {limit - len(prompt)} tokens can be generated.",
                 parameter="max_tokens",
             )
-        self.grammars.get(request.constraint)
+        self.grammar(request)
         return prompt
 
     def submit(self, job_id: int, request: GenerationRequest) -> None:
@@ -101,14 +122,42 @@ class Core:
             if job_id in self._cancelled_early:
                 self._cancelled_early.discard(job_id)
                 return
-            sampler = SamplerChain(self.model, sampling, self.grammars.get(request.constraint))
-            job = Job(job_id, prompt, sampling, sampler, request.cache_scope)
+            sampler = SamplerChain(self.model, sampling, self.grammar(request), active=False)
+            job = Job(
+                job_id,
+                prompt,
+                sampling,
+                sampler,
+                self._turn(request, sampler, len(prompt)),
+                request.cache_scope,
+            )
             self.scheduler.submit(job)
             if job_id in self._cancelled_early:  # the cancel overtook this submit
                 self._cancelled_early.discard(job_id)
                 self.scheduler.cancel(job_id)
         except KimiserveError as exc:
             self._emit([(job_id, [exc])], -1, -1)
+
+    def _turn(self, request: GenerationRequest, sampler: SamplerChain, prompt_tokens: int) -> Turn:
+        offered = toolcalls.calls_offered(request)
+        # Reasoning gets the level's budget, but at most half of what the turn can still write
+        # (max_tokens, the context left), so the answer always has room.
+        room = self.model.n_ctx_seq - prompt_tokens
+        if request.sampling.max_tokens is not None:
+            room = min(room, request.sampling.max_tokens)
+        budget = min(THINKING_BUDGETS[request.thinking], room // 2)
+        forced = toolcalls.call_forced(request)
+        return Turn(
+            sampler=sampler,
+            piece=self.model.piece,
+            tokenize=self.model.tokenize,
+            stops=request.sampling.stop,
+            budget=max(budget, 1) if request.thinking != "none" else 0,
+            think_close=self._think_close,
+            tools=offered,
+            forced_call=self._call_open if forced else None,
+            lazy_call=bool(offered) and not forced and request.constraint is None,
+        )
 
     def cancel(self, job_id: int) -> None:
         if not self.scheduler.cancel(job_id) and len(self._cancelled_early) < 10_000:

@@ -6,9 +6,10 @@ it through `asyncio.to_thread`. `aclose()` (or `close()`) stops the worker.
 
 - `await check(request)` validates the request in the worker (prompt tokens, context, images,
   the grammar compiled within its budget and cached there), raising `InvalidRequest` subclasses
-  or `GrammarError` (parameter `constraint`).
+  or `GrammarError` (parameter `constraint`, or `tools[i].schema` for a tool's schema).
 - `generate(request)` returns an async generator (close it with `contextlib.aclosing`): it
-  queues the request in the worker and yields TextDelta…, one Usage, one Finished. A request
+  queues the request in the worker and yields ReasoningDelta… (thinking), TextDelta…, at most
+  one ToolCallEvent, one Usage, one Finished. A request
   `check` would refuse raises the same error at the first `__anext__`; beyond `max_waiting`
   queued requests, `EngineOverloaded`. Closing the generator cancels the sequence.
 - If the worker dies, every stream in flight raises `EngineCrashed` (503, `inferenceError`) at
@@ -83,10 +84,10 @@ class LlamaCppEngine:
             self._backend = InProcess(self.config, self._on_events)
         self.capabilities = Capabilities(
             context_length=self._backend.n_ctx_seq,
-            # Claims only what the engine does: tool-call grammars and budget-forced reasoning are
-            # issue 11's, so the protocols refuse tools and thinking for this engine, by name.
-            thinking="none",
-            tools="none",
+            # Reasoning in a `<think>` section the engine closes itself when the level's budget is
+            # spent; function calls generated under a grammar built from the tools' schemas.
+            thinking="budgeted",
+            tools="constrained",
             vision=False,
             max_concurrency=self.config.max_sequences,
         )

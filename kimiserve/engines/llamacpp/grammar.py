@@ -43,6 +43,7 @@ JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
     "coerce_one_of": True,
 }
 INTEGER_LIMIT = 10**16 - 1
+FORMAT_LENGTHS = {"date-time": 35, "time": 24}  # 2023-01-01T00:00:00.123456789+00:00
 NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 PARAMETER = "constraint"  # the protocols map it to response_format / settings.jsonSchema
 
@@ -88,6 +89,13 @@ class GrammarCache:
             key = ("gbnf", constraint.grammar)
         else:
             return None
+        return self._get(key, parameter)
+
+    def get_calls(self, source: str, parameter: str) -> Grammar:
+        """The compiled Lark grammar of a tool call's JSON body (`toolcalls.call_grammar`)."""
+        return self._get(("calls", source), parameter)
+
+    def _get(self, key: tuple[str, str], parameter: str) -> Grammar:
         future: Future[Grammar] | None = None
         with self._lock:
             outcome = self._outcomes.get(key)
@@ -133,12 +141,17 @@ class GrammarCache:
             except RecursionError as exc:
                 raise GrammarError("The JSON schema nests too deeply.", parameter=PARAMETER) from exc
             try:
-                schema = _bound_integers(schema)
+                schema = bound_integers(schema)
                 source = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
             except (ValueError, TypeError) as exc:
                 raise GrammarError(f"The JSON schema is not usable: {exc}", parameter=PARAMETER) from exc
             except RecursionError as exc:
                 raise GrammarError("The JSON schema nests too deeply.", parameter=PARAMETER) from exc
+        elif kind == "calls":
+            try:
+                source = llguidance.LLMatcher.grammar_from_lark(text)
+            except Exception as exc:
+                raise GrammarError(f"The tool schemas are not usable: {exc}", parameter=PARAMETER) from exc
         else:
             if not text.strip():
                 raise GrammarError("The grammar is empty.", parameter=PARAMETER)
@@ -151,25 +164,31 @@ class GrammarCache:
             raise GrammarError(
                 f"The constraint does not compile: {_short(matcher.get_error())}", parameter=PARAMETER
             )
-        return Grammar(matcher, json=kind == "json")
+        return Grammar(matcher, json=kind in ("json", "calls"))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _bound_integers(node: Any) -> Any:
-    """A copy of a schema where every integer without bounds gets ±(10**16 - 1)."""
+def bound_integers(node: Any) -> Any:
+    """A copy of a schema where every integer without bounds gets ±(10**16 - 1), and every
+    `date-time`/`time` string without a maxLength gets one (35/24 characters: nine fraction
+    digits and an offset), whose fraction digits a small model otherwise writes until max_tokens."""
     if isinstance(node, list):
-        return [_bound_integers(item) for item in node]
+        return [bound_integers(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: value if key in NOT_SCHEMAS else _bound_integers(value) for key, value in node.items()}
+    out = {key: value if key in NOT_SCHEMAS else bound_integers(value) for key, value in node.items()}
     kind = node.get("type")
     if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
         if "minimum" not in node and "exclusiveMinimum" not in node:
             out["minimum"] = -INTEGER_LIMIT
         if "maximum" not in node and "exclusiveMaximum" not in node:
             out["maximum"] = INTEGER_LIMIT
+    fmt = node.get("format")
+    limit = FORMAT_LENGTHS.get(fmt) if isinstance(fmt, str) else None
+    if limit is not None and "maxLength" not in node:
+        out["maxLength"] = limit
     return out
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kimiserve.domain.types import Event, Sampling
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.errors import KimiserveError
+
+if TYPE_CHECKING:
+    from kimiserve.engines.llamacpp.turn import Turn
 
 Item = Event | KimiserveError
 Batch = list[tuple[int, list[Item]]]
@@ -28,6 +32,7 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     sampler: SamplerChain
+    turn: Turn  # reasoning, text and tool call: what each token is, what the engine writes itself
     scope: str | None = None  # prefix-cache namespace (the account): reuse only within it
     cancelled: bool = False  # set from any thread; the scheduler drops the job at its next step
     done: bool = False  # set by the scheduler once the last item is on its way

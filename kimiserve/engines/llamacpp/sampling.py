@@ -61,7 +61,9 @@ class Candidates:
 class SamplerChain:
     """An owned `llama_sampler` chain, and the sequence's grammar matcher; `free()` releases them."""
 
-    def __init__(self, model: NativeModel, sampling: Sampling, grammar: Grammar | None) -> None:
+    def __init__(
+        self, model: NativeModel, sampling: Sampling, grammar: Grammar | None, *, active: bool = True
+    ) -> None:
         params = llama.llama_sampler_chain_default_params()
         params.no_perf = True
         self.handle: llama.llama_sampler_p | None = llama.llama_sampler_chain_init(params)
@@ -70,6 +72,9 @@ class SamplerChain:
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
         self.closing = False  # tokens are being forced to close the JSON before max_tokens
+        self.closing_valid = True  # ...and the grammar accepted every one of them
+        # The grammar applies from activate() on (after a reasoning section or a call marker).
+        self.active = active
         try:
             self._build(model, sampling, constrained=grammar is not None)
         except BaseException:
@@ -81,7 +86,24 @@ class SamplerChain:
 
     @property
     def constrained(self) -> bool:
-        return self.matcher is not None
+        return self.matcher is not None and self.active
+
+    def activate(self, prefix: list[int]) -> int:
+        """Apply the grammar from now on; `prefix`: tokens already written that it should
+        consume first (the text after a call marker inside the marker's last token). Tokens it
+        refuses are not consumed (the grammar starts at the next token). Returns how many it took."""
+        self.active = True
+        if self.matcher is None or not prefix:
+            return 0
+        accepted = int(self.matcher.try_consume_tokens(prefix))
+        if self.tail is not None:
+            for token in prefix[:accepted]:
+                self.tail.feed(self._model.piece(token))
+        return accepted
+
+    def accept_forced(self, token: int) -> None:
+        """A token the engine wrote itself (not sampled): the chain's history sees it."""
+        llama.llama_sampler_accept(self.handle, token)
 
     def _add(self, sampler: llama.llama_sampler_p | None) -> None:
         if not sampler:  # a NULL pointer: llama.cpp refused the parameters
@@ -153,8 +175,10 @@ class SamplerChain:
         if token not in self._eog:
             # A forced closing token may break the schema (a required key never written): the
             # matcher is not asked again after that, the output still parses.
-            if not self.matcher.consume_token(token) and not self.closing:
-                raise EngineError("The grammar rejected a token it allowed.")
+            if not self.matcher.consume_token(token):
+                if not self.closing:
+                    raise EngineError("The grammar rejected a token it allowed.")
+                self.closing_valid = False
             if self.tail is not None:
                 self.tail.feed(self._model.piece(token))
         return token
@@ -179,11 +203,19 @@ class SamplerChain:
         if accept:
             llama.llama_sampler_accept(self.handle, token)
             self.tail.feed(self._model.piece(token))
+            # Still followed by the grammar: tells whether the closed output matches it.
+            if self.closing_valid and self.matcher is not None and not self.matcher.consume_token(token):
+                self.closing_valid = False
         return token
 
     @property
     def needs_mask(self) -> bool:
-        return self.matcher is not None and not self.closing
+        return self.constrained and not self.closing
+
+    @property
+    def closed_valid(self) -> bool:
+        """The JSON was closed early and the grammar accepts the whole output as it stands."""
+        return self.closed and self.closing_valid and self.matcher is not None and self.matcher.is_accepting()
 
     @property
     def closed(self) -> bool:

@@ -36,7 +36,7 @@ import llama_cpp as llama
 import numpy as np
 import numpy.typing as npt
 
-from kimiserve.domain.types import Finished, FinishReason, TextDelta, Usage
+from kimiserve.domain.types import Finished, FinishReason, Usage
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.job import Emit, Item, Job, Outbox
 from kimiserve.engines.llamacpp.model import NativeModel
@@ -63,6 +63,7 @@ class Scheduler:
         self._batch = llama.llama_batch_init(config.n_batch, 0, 1)
         self._outbox = Outbox(emit)
         self._jobs: dict[int, Job] = {}
+        self._eog = np.array(sorted(model.eog_tokens), dtype=np.int64)
         # Called on the scheduler thread after an unexpected failure has been reported to every
         # job; the worker process exits there, so the supervisor restarts it.
         self.on_failure: Callable[[], None] | None = None
@@ -226,10 +227,16 @@ class Scheduler:
     def _finish(self, slot: Slot, reason: FinishReason, items: list[Item]) -> None:
         job = slot.job
         assert job is not None
-        tail = slot.text.flush()
-        if tail:
-            items.append(TextDelta(tail))
-        items.append(Usage(len(job.prompt), slot.generated, cached_tokens=slot.reused))
+        tail, reason = job.turn.finish(reason)
+        items.extend(tail)
+        items.append(
+            Usage(
+                len(job.prompt),
+                slot.generated,
+                cached_tokens=slot.reused,
+                reasoning_tokens=job.turn.reasoning_tokens,
+            )
+        )
         items.append(Finished(reason))
         self._outbox.put(job, items)
         self._release(slot)
@@ -246,18 +253,31 @@ class Scheduler:
     def _sample(self, slot: Slot, index: int) -> None:
         """Sample the token for output `index` of the last decode, or park the logits row if the
         sequence's grammar mask is not ready yet (see the module doc)."""
-        assert slot.job is not None
-        sampler = slot.job.sampler
-        if not sampler.constrained:
+        job = slot.job
+        assert job is not None
+        sampler = job.sampler
+        if job.turn.forced:  # a token the engine writes itself (closing a reasoning section...)
+            token = job.turn.forced.popleft()
+            sampler.accept_forced(token)
+            self._accept(slot, token)
+        elif not sampler.constrained:
+            if job.turn.answer_pending:  # after a reasoning section: the answer may not be empty
+                row = np.ctypeslib.as_array(
+                    llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
+                )
+                row[self._eog] = -np.inf
             self._accept(slot, slot.sampler_sample(self._ctx, index))
+        else:
+            row = np.ctypeslib.as_array(
+                llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
+            )
+            if slot.mask is not None and not slot.mask.done():
+                slot.parked = row.copy()
+                return
+            self._sample_constrained(slot, row)
             return
-        row = np.ctypeslib.as_array(
-            llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
-        )
-        if slot.mask is not None and not slot.mask.done():
-            slot.parked = row.copy()
-            return
-        self._sample_constrained(slot, row)
+        if slot.job is job and sampler.needs_mask:  # the grammar starts with the next token
+            self._start_mask(slot)
 
     def _sample_constrained(self, slot: Slot, row: npt.NDArray[np.float32]) -> None:
         job = slot.job
@@ -349,16 +369,19 @@ class Scheduler:
         job = slot.job
         assert job is not None
         slot.generated += 1
+        turn = job.turn
         if token in self._model.eog_tokens:  # never sampled under ignore_eos without a grammar
-            self._finish(slot, "stop", [])
-            return
-        items: list[Item] = []
-        text = slot.text.feed(self._model.piece(token))
-        if text:
-            items.append(TextDelta(text))
+            if not turn.on_eog():
+                self._finish(slot, "stop", [])
+                return
+            token = turn.forced.popleft()  # the end of a reasoning section: closed, answer follows
+            job.sampler.accept_forced(token)
+        items = turn.feed(token)
         max_tokens = job.sampling.max_tokens
-        if slot.text.stopped:
+        if turn.stopped:
             self._finish(slot, "stop", items)
+        elif turn.call_done:
+            self._finish(slot, "tool_calls", items)
         elif (
             (max_tokens is not None and slot.generated >= max_tokens)
             or self._context_full(slot)

@@ -9,7 +9,6 @@ import numpy as np
 import numpy.typing as npt
 
 from kimiserve.engines.llamacpp.job import Job
-from kimiserve.engines.llamacpp.stops import TextStream
 
 
 class Slot:
@@ -25,7 +24,6 @@ class Slot:
         self.generating = False
         self.generated = 0
         self.last_token = -1
-        self.text = TextStream()
         self.mask: Future[None] | None = None  # the grammar mask being computed for the next token
         self.parked: npt.NDArray[np.float32] | None = None  # logits waiting for that mask
 
@@ -39,7 +37,6 @@ class Slot:
         self.n_past = self.cacheable = self.reused = self.generated = 0
         self.generating = False
         self.last_token = -1
-        self.text = TextStream()
         self.mask = None
         self.parked = None
 
@@ -57,7 +54,6 @@ class Slot:
         self.reused = keep
         self.generating = False
         self.generated = 0
-        self.text = TextStream(job.sampling.stop)
 
     def common_prefix(self, prompt: list[int], scope: str | None) -> int:
         """Prompt tokens this slot's cache can give a request of `scope` (0 for another scope)."""

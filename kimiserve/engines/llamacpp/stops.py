@@ -18,6 +18,8 @@ class TextStream:
         self._stops = tuple(dict.fromkeys(s for s in stops if s))
         self._pending = ""
         self.stopped = False
+        self.stopped_by = ""  # the stop string found
+        self.rest = ""  # the text after it that had been decoded already
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit (maybe empty).
@@ -46,9 +48,11 @@ class TextStream:
             at = text.find(stop)
             if at != -1 and (cut == -1 or at < cut):
                 cut = at
+                self.stopped_by = stop
         if cut != -1:
             self.stopped = True
             self._pending = ""
+            self.rest = text[cut + len(self.stopped_by) :]
             return text[:cut]
         hold = 0 if final else self._holdback(text)
         self._pending = text[len(text) - hold :] if hold else ""

@@ -90,11 +90,16 @@ async def test_bad_parameter(client: AsyncOpenAI, extra: dict[str, Any], param: 
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"thinking": {"type": "enabled"}}, "thinking"),
-        ({"reasoning_effort": "high"}, "reasoning_effort"),
         (
-            {"tools": [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]},
-            "tools",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
         ),
     ],
 )

@@ -299,12 +299,11 @@ def test_kimi_aliases(server: ServerProcess, api_key: str, model: str) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "parameter"),
     [
-        ("tools", [{"type": "function", "name": "f", "schema": {}}], "tools"),
-        ("toolChoice", {"type": "auto"}, "toolChoice"),
-        ("settings", {"thinkingLevel": "high"}, "settings.thinkingLevel"),
+        ("inputs", {"videos": ["https://example.com/a.mp4"]}, "inputs.videos"),
+        ("inputs", {"documents": ["https://example.com/a.pdf"]}, "inputs.documents"),
     ],
 )
-def test_later_features_are_refused_by_name(
+def test_features_the_model_lacks_are_refused_by_name(
     server: ServerProcess, api_key: str, field: str, value: object, parameter: str
 ) -> None:
     response = post(server.base_url, api_key, [text_task(**{field: value})])

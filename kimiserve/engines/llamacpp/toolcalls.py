@@ -1,0 +1,191 @@
+"""The embedded model's tool and thinking format: the prompt it sees and the grammar its calls follow.
+
+SmolLM2 has no native tool format, so the engine defines one (Hermes/Qwen style):
+
+- The tools are listed in a system message (appended to the request's own system message, or a
+  new one first): one compact JSON line per tool inside `<tools></tools>`, and the call format.
+- A call is `<tool_call>{"name":"NAME","arguments":{...}}</tool_call>`. Generated calls are
+  written under an llguidance Lark grammar with one alternative per tool: the literal
+  `{"name":"NAME","arguments":` followed by `%json{<the tool's schema>}` and `}`, so the name is
+  one of the tools and the arguments validate against that tool's schema. Each schema is its own
+  `%json` root, so its `#/$defs/...` references resolve as written.
+- History: an assistant turn's calls are rendered in that format after its text; a `tool`
+  message becomes a user turn `<tool_response>...</tool_response>` (the model's template has no
+  tool role). With `keep_reasoning`, an assistant turn's reasoning is rendered before its text as
+  `<think>\\n...\\n</think>\\n\\n`; otherwise it is dropped.
+- Thinking: the assistant turn is prefilled with `<think>\\n` (THINK_OPEN); the engine closes the
+  section with THINK_CLOSE when the budget is spent (`turn.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kimiserve.domain.types import GenerationRequest, Message, ToolCall, ToolSpec
+from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, bound_integers
+from kimiserve.errors import InvalidRequest
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+THINK_OPEN = "<think>\n"
+THINK_END = "</think>"
+THINK_CLOSE = "\n</think>\n\n"
+
+TOOLS_HEADER = "You may call these functions (JSON signatures):\n<tools>\n"
+TOOLS_FOOTER = (
+    "\n</tools>\n"
+    'To call one, answer <tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>'
+)
+
+
+def calls_offered(request: GenerationRequest) -> tuple[ToolSpec, ...]:
+    """The tools the model may call in this request (none under tool_choice `none`)."""
+    choice = request.tool_choice
+    if not request.tools or choice.mode == "none":
+        return ()
+    if choice.mode == "named":
+        named = tuple(t for t in request.tools if t.name == choice.name)
+        if not named:
+            raise InvalidRequest(
+                f"tool_choice names {choice.name!r}, which is not among the tools.", parameter="tool_choice"
+            )
+        return named
+    return request.tools
+
+
+def call_forced(request: GenerationRequest) -> bool:
+    return bool(request.tools) and request.tool_choice.mode in ("required", "named")
+
+
+def prompt_messages(request: GenerationRequest) -> tuple[Message, ...]:
+    """The request's messages in the form the model's chat template renders (see module doc)."""
+    out: list[Message] = []
+    for m in request.messages:
+        if m.role == "assistant":
+            text = m.content
+            if request.keep_reasoning and m.reasoning:
+                text = f"{THINK_OPEN}{m.reasoning}{THINK_CLOSE}{text}"
+            for call in m.tool_calls:
+                text += CALL_OPEN + _call_json(call) + CALL_CLOSE
+            out.append(Message(role="assistant", content=text))
+        elif m.role == "tool":
+            out.append(Message(role="user", content=f"<tool_response>\n{m.content}\n</tool_response>"))
+        else:
+            out.append(Message(role=m.role, content=m.content))
+    if request.tools and request.tool_choice.mode != "none":
+        block = tools_block(request.tools)
+        if out and out[0].role == "system":
+            out[0] = Message(role="system", content=f"{out[0].content}\n\n{block}")
+        else:
+            out.insert(0, Message(role="system", content=block))
+    return tuple(out)
+
+
+def tools_block(tools: tuple[ToolSpec, ...]) -> str:
+    lines = []
+    for tool in tools:
+        entry: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            entry["description"] = tool.description
+        entry["parameters"] = _schema(tool)
+        lines.append(json.dumps({"type": "function", "function": entry}, separators=(",", ":")))
+    return TOOLS_HEADER + "\n".join(lines) + TOOLS_FOOTER
+
+
+def _call_json(call: ToolCall) -> str:
+    try:
+        arguments: Any = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        arguments = call.arguments  # kept as the string it was sent as
+    return json.dumps({"name": call.name, "arguments": arguments}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _schema(tool: ToolSpec) -> Any:
+    try:
+        schema = json.loads(tool.parameters)
+    except ValueError:
+        return {}
+    return schema
+
+
+def arguments_schema(tool: ToolSpec) -> str:
+    """The JSON text of the schema a tool's arguments are generated under.
+
+    An empty schema (`{}`) means any arguments object. Integers without bounds get ±(10**16-1),
+    objects that declare their properties admit no others (`close_objects`), and llguidance's
+    options (compact JSON, lenient, oneOf as anyOf) travel in `x-guidance`.
+    """
+    schema = json.loads(tool.parameters)  # checked by the caller (grammar compile of the schema)
+    if schema == {} or schema is True:
+        schema = {"type": "object"}
+    if isinstance(schema, dict):
+        schema = dict(bound_integers(schema))
+        if not _mentions(schema, OPEN_KEYWORDS):
+            schema = close_objects(schema)
+        schema["x-guidance"] = dict(JSON_OPTIONS)
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
+# Keywords under which an object's undeclared keys may be needed (merged branches, conditions).
+OPEN_KEYWORDS = frozenset({"allOf", "if", "unevaluatedProperties", "dependentSchemas", "dependencies"})
+VALUES = frozenset({"const", "enum", "default", "examples", "example"})
+
+
+def _mentions(node: Any, keywords: frozenset[str]) -> bool:
+    if isinstance(node, list):
+        return any(_mentions(item, keywords) for item in node)
+    if not isinstance(node, dict):
+        return False
+    return any(
+        key in keywords or (key not in VALUES and _mentions(value, keywords)) for key, value in node.items()
+    )
+
+
+def close_objects(node: Any) -> Any:
+    """A copy where an object schema that declares `properties` (and says nothing about other
+    keys) admits no undeclared keys. Output under it still validates against the original; a
+    small model otherwise invents keys until max_tokens. Not applied to schemas that use
+    `allOf`, `if`, ... (`OPEN_KEYWORDS`), where a branch's undeclared keys may be another's."""
+    if isinstance(node, list):
+        return [close_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: value if key in VALUES else close_objects(value) for key, value in node.items()}
+    properties = node.get("properties")
+    required = node.get("required", [])
+    if (
+        isinstance(properties, dict)
+        and "additionalProperties" not in node
+        and "patternProperties" not in node
+        and "minProperties" not in node
+        and isinstance(required, list)
+        and all(key in properties for key in required)
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def call_grammar(tools: tuple[ToolSpec, ...]) -> str:
+    """The Lark grammar of one call's JSON body: `{"name":...,"arguments":...}`."""
+    rules = []
+    for i, tool in enumerate(tools):
+        head = '{"name":' + json.dumps(tool.name) + ',"arguments":'
+        rules.append(f"call_{i}: {json.dumps(head)} args_{i} " + '"}"')
+        rules.append(f"args_{i}: %json {arguments_schema(tool)}")
+    start = "start: " + " | ".join(f"call_{i}" for i in range(len(tools)))
+    return "\n".join([start, *rules]) + "\n"
+
+
+def parse_call(text: str, tools: tuple[ToolSpec, ...], call_id: str) -> ToolCall | None:
+    """The call a complete body encodes (None if it is not a call of one of the tools)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or set(body) != {"name", "arguments"}:
+        return None
+    if body["name"] not in {t.name for t in tools}:
+        return None
+    arguments = json.dumps(body["arguments"], separators=(",", ":"), ensure_ascii=False)
+    return ToolCall(id=call_id, name=body["name"], arguments=arguments)
