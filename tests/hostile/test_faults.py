@@ -39,8 +39,11 @@ def key(data_dir: Path) -> str:
     return create_key(data_dir, account="faults", name="faults")
 
 
-def real_server(data_dir: Path) -> ServerProcess:
-    return ServerProcess(data_dir, env={"KIMISERVE_SHUTDOWN_GRACE_S": str(GRACE_S)})
+def real_server(data_dir: Path, port: int | None = None) -> ServerProcess:
+    env = {"KIMISERVE_SHUTDOWN_GRACE_S": str(GRACE_S)}
+    if port is not None:
+        return ServerProcess(data_dir, port=port, env=env)
+    return ServerProcess(data_dir, env=env)
 
 
 @pytest.fixture
@@ -199,7 +202,9 @@ def test_sigkill_mid_stream_and_task_then_restart(server: ServerProcess, data_di
     for client in (runware, openai):
         client.join(30)
         assert client.frames()[-1] != "[DONE]"  # cut off: the client saw the connection end
-    restarted = real_server(data_dir)
+    # The same replica restarted (same host and port, so the same replica id): it ends its
+    # previous run's tasks at once, without waiting for their leases to expire.
+    restarted = real_server(data_dir, port=server.port)
     restarted.start()
     try:
         seen = post(
