@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.domain.ports import LedgerStore, UsageRow
@@ -96,7 +97,8 @@ async def test_the_hourly_rollup_sums_what_the_rows_sum(
 
 async def test_the_rollup_trigger_on_postgresql(postgres: object) -> None:
     """PostgreSQL's 005 keeps the same rollup with a PL/pgSQL trigger: the rollup's sums are the
-    rows' sums (rows written now, so the current hour holds them all)."""
+    rows' sums, bucket by bucket (rows moved over several hours, most in an hour's second half,
+    where a rounding cast would put them in the next bucket)."""
     from tests.dbservers import PostgresServer
 
     assert isinstance(postgres, PostgresServer)
@@ -123,9 +125,19 @@ async def test_the_rollup_trigger_on_postgresql(postgres: object) -> None:
                     decode_ms=rng.randint(1, 4000) if timed else None,
                 ),
             )
+        base = (int(time.time()) // 3600 - 6) * 3600
+        async with db.begin() as conn:  # re-inserted so the trigger sees the moved times
+            await conn.execute(
+                sa.text("UPDATE usage_records SET created_at = :base + (id % 7) * 1500 + 2000"),
+                {"base": base},
+            )
+            await conn.execute(sa.text("DELETE FROM usage_hourly"))
+            await conn.execute(sa.text("CREATE TEMP TABLE moved AS SELECT * FROM usage_records"))
+            await conn.execute(sa.text("DELETE FROM usage_records"))
+            await conn.execute(sa.text("INSERT INTO usage_records SELECT * FROM moved"))
         reports = SqlReports(db)
-        until = (int(time.time()) // 3600 + 1) * 3600
-        since = until - 24 * 3600
+        since, until = base - 3600, base + 6 * 3600
+        assert len({b.bucket for b in await reports.usage(since, until, 3600, None)}) >= 3
         for account in (None, "a1"):
             hourly = await reports.usage(since, until, 3600, account)  # the rollup
             raw = await reports.usage(since, until - 1, 3600, account)  # the rows

@@ -83,7 +83,7 @@ class SqlReports:
         if bucket_s % 3600 == 0 and since % 3600 == 0 and until % 3600 == 0:
             query = self._hourly(since, until, bucket_s, account_id)
         else:
-            query = self._rows(since, until, bucket_s, account_id)
+            query = self._rows(since, until, bucket_s, account_id, self._db.dialect.name)
         async with self._db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
@@ -104,8 +104,14 @@ class SqlReports:
         ]
 
     @staticmethod
-    def _rows(since: float, until: float, bucket_s: int, account_id: str | None) -> sa.Select[Any]:
-        bucket = (sa.cast(_U.c.created_at / bucket_s, sa.Integer) * bucket_s).label("bucket")
+    def _rows(
+        since: float, until: float, bucket_s: int, account_id: str | None, dialect: str
+    ) -> sa.Select[Any]:
+        # The bucket's start: SQLite's CAST truncates (times are positive, so that is the floor);
+        # PostgreSQL's rounds, so it is floored first.
+        step = _U.c.created_at / bucket_s
+        whole = sa.func.floor(step) if dialect == "postgresql" else step
+        bucket = (sa.cast(whole, sa.BigInteger) * bucket_s).label("bucket")
         decoded = _U.c.decode_ms > 0
         query = sa.select(
             bucket,
