@@ -414,7 +414,7 @@ class Admission:
             call,
             dict(output.result),
             output.content_for_model,
-            tuple(ToolCitation(c.title, c.url) for c in output.citations),
+            output.citations,
             output.is_error,
         )
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kimiserve.domain.types import ToolCitation
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
 from kimiserve.settings import Settings
 from kimiserve.tools.code_interpreter import SandboxLimits, probe_sandbox, run_python
@@ -29,18 +30,12 @@ _SIGNALS = {9: "SIGKILL", 24: "SIGXCPU (the CPU time limit)", 25: "SIGXFSZ (the 
 
 
 @dataclass(frozen=True)
-class Citation:
-    title: str
-    url: str
-
-
-@dataclass(frozen=True)
 class ToolOutput:
     content_for_model: str
     """The tool message appended to the conversation before the next round."""
     result: dict[str, Any]
     """What the client sees of this call (camelCase keys, as on the Runware wire)."""
-    citations: tuple[Citation, ...] = ()
+    citations: tuple[ToolCitation, ...] = ()
     is_error: bool = False
 
 
@@ -139,7 +134,7 @@ class SearchTool:
             "query": query,
             "results": [{"title": h.title, "url": h.url, "snippet": h.snippet} for h in hits],
         }
-        return ToolOutput(content, visible, tuple(Citation(h.title, h.url) for h in hits))
+        return ToolOutput(content, visible, tuple(ToolCitation(h.title, h.url) for h in hits))
 
 
 @dataclass
