@@ -43,15 +43,31 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from kimiserve.domain.ports import AccountStore, Hold, InsufficientBalance, LedgerStore, UsageRow
+from kimiserve.domain.ports import (
+    AccountStore,
+    Hold,
+    InsufficientBalance,
+    LedgerStore,
+    NoObserver,
+    Observer,
+    UsageRow,
+)
+from kimiserve.domain.results import (
+    Accumulator,
+    Generation,
+    GenerationResult,
+    add_usage,
+    fan_out,
+    not_run,
+    with_round,
+)
 from kimiserve.domain.types import (
     BuiltinToolCall,
     BuiltinToolResult,
@@ -59,14 +75,12 @@ from kimiserve.domain.types import (
     Finished,
     FinishReason,
     GenerationRequest,
-    Message,
     PipelineEvent,
     ReasoningDelta,
     TextDelta,
     ToolCall,
     ToolCallEvent,
     ToolChoice,
-    ToolCitation,
     ToolSpec,
     Usage,
 )
@@ -88,111 +102,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UINT32 = 2**32
 DEFAULT_TOOL_ROUNDS = 8
 # Per message, tokens a chat template may add around the text (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 16
-
-
-class Observer(Protocol):
-    """What the pipeline reports for metrics (implemented with prometheus-client in http/)."""
-
-    def first_token(self, model: str, seconds: float) -> None: ...
-    def generation(self, model: str, output_tokens: int, seconds: float) -> None: ...
-    def reserved(self, delta_micros: int) -> None: ...
-
-
-class NoObserver:
-    def first_token(self, model: str, seconds: float) -> None:
-        return None
-
-    def generation(self, model: str, output_tokens: int, seconds: float) -> None:
-        return None
-
-    def reserved(self, delta_micros: int) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One generation to run: the seed the client sees and the request the engine gets."""
-
-    seed: int
-    request: GenerationRequest
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    seed: int
-    text: str
-    reasoning: str
-    tool_calls: tuple[ToolCall, ...]
-    usage: Usage
-    finish_reason: FinishReason
-    cost_micros: int
-    # The built-in tools' runs, in order (each with its call), for the server-side tool loop.
-    builtin: tuple[BuiltinToolResult, ...] = ()
-
-    @property
-    def citations(self) -> tuple[ToolCitation, ...]:
-        """Every built-in run's citations, first occurrence of each URL kept."""
-        seen: dict[str, ToolCitation] = {}
-        for run in self.builtin:
-            for citation in run.citations:
-                seen.setdefault(citation.url, citation)
-        return tuple(seen.values())
-
-
-def fan_out(base: GenerationRequest, seed: int | None, n: int) -> list[Generation]:
-    """N generations with seeds seed, seed+1, … (a random uint32 when none is given).
-
-    The engine gets the seed reduced to 32 bits; the client is told the seed it can send back.
-    """
-    first = seed if seed is not None else secrets.randbelow(UINT32)
-    return [
-        Generation(first + i, replace(base, sampling=replace(base.sampling, seed=(first + i) % UINT32)))
-        for i in range(n)
-    ]
-
-
-class Accumulator:
-    """Collects one generation's events into its result (for sync replies and stream endings)."""
-
-    def __init__(self, seed: int, model: ServedModel) -> None:
-        self._seed = seed
-        self._model = model
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: list[ToolCall] = []
-        self.builtin: list[BuiltinToolResult] = []
-        self.usage = Usage(0, 0)
-        self.finish: FinishReason = "unknown"
-
-    def add(self, event: PipelineEvent) -> None:
-        if isinstance(event, TextDelta):
-            self.text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            self.reasoning.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            self.calls.append(event.call)
-        elif isinstance(event, Usage):
-            self.usage = event
-        elif isinstance(event, Finished):
-            self.finish = event.reason
-        elif isinstance(event, BuiltinToolResult):
-            self.builtin.append(event)
-
-    def result(self) -> GenerationResult:
-        return GenerationResult(
-            seed=self._seed,
-            text="".join(self.text),
-            reasoning="".join(self.reasoning),
-            tool_calls=tuple(self.calls),
-            usage=self.usage,
-            finish_reason=self.finish,
-            cost_micros=self._model.price.cost(self.usage),
-            builtin=tuple(self.builtin),
-        )
 
 
 def prompt_token_bound(request: GenerationRequest) -> int:
@@ -294,7 +206,7 @@ class Admission:
                 if finish is None:
                     return  # an engine that ends without finishing: released, as before the loop
                 round_usage = usage if usage is not None else Usage(prompt_tokens, produced)
-                total = _add_usage(total, round_usage)
+                total = add_usage(total, round_usage)
                 cost = self.model.price.cost(total) - charged
                 budget_left = self._budget_left(total)
                 more = (
@@ -315,11 +227,11 @@ class Admission:
                     if runnable:
                         outcome = await self._run_builtin(call)
                     else:
-                        outcome = _not_run(call, self.max_rounds)
+                        outcome = not_run(call, self.max_rounds)
                     outcomes.append(outcome)
                     yield outcome
                 if more:
-                    request = _with_round(request, "".join(text), "".join(reasoning), outcomes)
+                    request = with_round(request, "".join(text), "".join(reasoning), outcomes)
                     continue
                 if builtin_calls and not runnable:
                     finish = "length"  # the loop's bound was reached with calls left unrun
@@ -335,7 +247,7 @@ class Admission:
                 await asyncio.shield(self._release(index))
             else:
                 cut = Usage(prompt_tokens, produced)
-                cost = self.model.price.cost(_add_usage(total, cut)) - charged
+                cost = self.model.price.cost(add_usage(total, cut)) - charged
                 await asyncio.shield(self._settle(index, cut, "disconnected", cost=cost))
             raise
         except BaseException:
@@ -517,34 +429,6 @@ class Admission:
                     await asyncio.shield(self._release(index))
         finally:
             self.permit.release()
-
-
-def _add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        a.prompt_tokens + b.prompt_tokens,
-        a.completion_tokens + b.completion_tokens,
-        a.cached_tokens + b.cached_tokens,
-        a.reasoning_tokens + b.reasoning_tokens,
-    )
-
-
-def _with_round(
-    request: GenerationRequest, text: str, reasoning: str, outcomes: list[BuiltinToolResult]
-) -> GenerationRequest:
-    """The conversation after a round: the assistant's turn with its calls, then each result."""
-    turn = Message(
-        role="assistant", content=text, reasoning=reasoning, tool_calls=tuple(o.call for o in outcomes)
-    )
-    results = tuple(Message(role="tool", content=o.content, tool_call_id=o.call.id) for o in outcomes)
-    return replace(request, messages=(*request.messages, turn, *results))
-
-
-def _not_run(call: ToolCall, max_rounds: int) -> BuiltinToolResult:
-    message = (
-        f"Not run: the generation reached its bound ({max_rounds} rounds or maxTokens) "
-        "before another round could use the result."
-    )
-    return BuiltinToolResult(call, {"error": message}, f"error: {message}", is_error=True)
 
 
 class Pipeline:

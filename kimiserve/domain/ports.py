@@ -188,3 +188,22 @@ class TaskStore(Protocol):
     async def end_abandoned(self, error: dict[str, Any], *, including_own: bool) -> list[TaskRow]:
         """End with `error` every `processing` task whose lease has expired (and, at start-up,
         `including_own`, those this replica's previous run left); return the tasks ended."""
+
+
+class Observer(Protocol):
+    """What the pipeline reports for metrics (implemented with prometheus-client in http/)."""
+
+    def first_token(self, model: str, seconds: float) -> None: ...
+    def generation(self, model: str, output_tokens: int, seconds: float) -> None: ...
+    def reserved(self, delta_micros: int) -> None: ...
+
+
+class NoObserver:
+    def first_token(self, model: str, seconds: float) -> None:
+        return None
+
+    def generation(self, model: str, output_tokens: int, seconds: float) -> None:
+        return None
+
+    def reserved(self, delta_micros: int) -> None:
+        return None

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimiserve.domain.pipeline import GenerationResult
+from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.types import (
     Constraint,
     GenerationRequest,

@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from kimiserve.domain.pipeline import Accumulator, Admission
+from kimiserve.domain.pipeline import Admission
+from kimiserve.domain.results import Accumulator
 from kimiserve.domain.types import (
     BuiltinToolCall,
     BuiltinToolResult,

@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from kimiserve.domain.pipeline import GenerationResult
+from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.types import (
     BuiltinToolResult,
     GenerationRequest,
