@@ -23,12 +23,14 @@ from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.accounts import Accounts
 from kimiserve.platform.admin import Admin
 from kimiserve.platform.api_keys import ApiKeys, Principal
+from kimiserve.platform.error_log import ErrorLog
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.platform.rate_limits import RateLimiter
 from kimiserve.platform.shared_redis import SharedRedis, TaskBus
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
+from kimiserve.storage.sql.error_counts import SqlErrorCounts
 from kimiserve.storage.sql.ledger import SqlLedgerStore
 from kimiserve.storage.sql.media import SqlMediaStore
 from kimiserve.storage.sql.outbox import SqlOutboxStore
@@ -97,6 +99,7 @@ class Services:
     media: MediaStore
     webhooks: WebhookOutbox
     ownership: Ownership | None = None  # set once started (issue 13)
+    error_log: ErrorLog | None = None  # refused/failed requests per minute, for the dashboard
     shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
 
     @property
@@ -121,6 +124,8 @@ class Services:
         if self.ownership is not None:
             await self.ownership.aclose()
         await self.webhooks.aclose()
+        if self.error_log is not None:
+            await self.error_log.aclose()
         await self.platform.aclose()
         if self.shared_redis is not None:
             await self.shared_redis.aclose()
@@ -274,6 +279,10 @@ async def build_services(settings: Settings) -> Services:
     webhooks.start()
     ownership.start()
     services.ownership = ownership
+    error_log = ErrorLog(SqlErrorCounts(platform.db), settings.error_log_flush_s)
+    metrics.error_sink = error_log.record
+    error_log.start()
+    services.error_log = error_log
     services.shared_redis = shared
     return services
 

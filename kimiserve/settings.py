@@ -145,6 +145,10 @@ class Settings(BaseSettings):
         0.0, description="The fake engine (tests only): seconds before each word, to make tasks last."
     )
 
+    error_log_flush_s: float = Field(
+        5.0, gt=0, description="How often refused/failed request counts are added to the database."
+    )
+
     @field_validator("allow_private_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:

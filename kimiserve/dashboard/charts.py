@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kimiserve.storage.sql.error_counts import ErrorBucket
 from kimiserve.storage.sql.reports import UsageBucket
 
 # range name → (seconds shown, bucket seconds)
@@ -77,8 +78,27 @@ def _ratio_column(
     return [round(scale * n / d, 1) if d else None for n, d in zip(num, den, strict=True)]
 
 
-def overview(window: Window, rows: list[UsageBucket], key_names: dict[str, str]) -> dict[str, Any]:
-    """The overview's totals and plot specs (title, unit, series labels, columns)."""
+def error_columns(window: Window, errors: list[ErrorBucket]) -> tuple[list[str], list[list[float]]]:
+    """One series per `protocol code`, a count per bucket."""
+    xs = window.xs()
+    at = {x: i for i, x in enumerate(xs)}
+    columns: dict[str, list[float]] = {}
+    for e in errors:
+        i = at.get(e.bucket)
+        if i is not None:
+            columns.setdefault(f"{e.protocol} {e.code}", [0.0] * len(xs))[i] += e.count
+    names = sorted(columns)
+    return names, [columns[n] for n in names]
+
+
+def overview(
+    window: Window,
+    rows: list[UsageBucket],
+    key_names: dict[str, str],
+    errors: list[ErrorBucket] | None = None,
+) -> dict[str, Any]:
+    """The overview's totals and plot specs (title, unit, series labels, columns); `errors` (for
+    admins) adds the errors-by-code plot."""
     xs = window.xs()
 
     def by_model(row: UsageBucket) -> str:
@@ -121,6 +141,8 @@ def overview(window: Window, rows: list[UsageBucket], key_names: dict[str, str])
             [_ratio_column(window, rows, lambda r: (r.decode_tokens, r.decode_ms), 1000.0)],
         ),
     ]
+    if errors is not None:
+        plots.append(plot("Errors by code", "requests", *error_columns(window, errors)))
     totals = {
         "requests": sum(r.requests for r in rows),
         "prompt_tokens": sum(r.prompt_tokens for r in rows),

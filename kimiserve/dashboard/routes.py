@@ -48,6 +48,7 @@ from kimiserve.platform.api_keys import SCOPES, principal_of
 from kimiserve.protocols.openai.routes import chat_completions
 from kimiserve.protocols.runware.routes import post_tasks
 from kimiserve.services import Services
+from kimiserve.storage.sql.error_counts import SqlErrorCounts
 from kimiserve.storage.sql.reports import SqlReports
 
 PREFIX = "/dashboard"
@@ -247,7 +248,12 @@ class Dashboard:
             window.since, window.until, window.bucket_s, viewer.account_scope
         )
         keys = await services.platform.account_store.list_keys(viewer.account_scope)
-        data = charts.overview(window, rows, {k.id: k.name for k in keys})
+        stored_errors = (
+            await SqlErrorCounts(services.platform.db).buckets(window.since, window.until, window.bucket_s)
+            if viewer.admin
+            else None
+        )
+        data = charts.overview(window, rows, {k.id: k.name for k in keys}, stored_errors)
         errors = _errors_by_code(services) if viewer.admin else None
         return self.page(
             request,

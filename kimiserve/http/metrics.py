@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -48,6 +48,8 @@ class Metrics:
 
     def __init__(self, models: ModelRegistry) -> None:
         self.registry = CollectorRegistry()
+        # Told of every refused or failed request (protocol, code): the dashboard's error counts.
+        self.error_sink: Callable[[str, str], None] | None = None
         self._requests = Counter(
             "kimiserve_requests",
             "Requests and tasks by protocol, task type and outcome.",
@@ -77,6 +79,8 @@ class Metrics:
 
     def request(self, protocol: str, task_type: str, status: str) -> None:
         self._requests.labels(protocol, task_type, status).inc()
+        if status != "success" and self.error_sink is not None:
+            self.error_sink(protocol, status)
 
     def first_token(self, model: str, seconds: float) -> None:
         self._ttft.labels(model).observe(seconds)

@@ -4,6 +4,7 @@ process on the real embedded model."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -314,4 +315,50 @@ def test_the_playground_runs_a_runware_task_that_the_tasks_page_then_lists(
     request = json.loads(page.text_content("pre.json") or "{}")
     assert request["settings"]["systemPrompt"] == "You answer briefly."
     assert request["deliveryMethod"] == "stream"
+    assert page.js_errors == []
+
+
+def _error_totals(page: Any, dashboard: str) -> dict[str, float]:
+    """The stored errors-by-code plot's totals per protocol (its series are `protocol code`)."""
+    page.goto(f"{dashboard}/overview?range=1h")
+    data = json.loads(page.text_content("#overview-data") or "{}")
+    [plot] = [p for p in data["plots"] if p["title"] == "Errors by code"]
+    totals: dict[str, float] = {}
+    for label, column in zip(plot["labels"], plot["data"][1:], strict=True):
+        protocol = label.split(" ")[0]
+        totals[protocol] = totals.get(protocol, 0) + sum(column)
+    return totals
+
+
+def test_refused_requests_appear_in_the_stored_errors_plot(
+    page: Any, dashboard: str, admin_key: str, server: ServerProcess
+) -> None:
+    sign_in(page, dashboard, admin_key)
+    before = _error_totals(page, dashboard)
+    for _ in range(3):  # a temperature out of range: 400 in OpenAI's format
+        bad = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {admin_key}"},
+            json={"model": "kimi-k2.6", "messages": [{"role": "user", "content": "Hi"}], "temperature": 7},
+            timeout=30,
+        )
+        assert bad.status_code == 400
+    task = {"taskType": "textInference", "taskUUID": str(uuid.uuid4()), "model": "kimi-k2.6", "messages": []}
+    assert (
+        httpx.post(
+            f"{server.base_url}/v1", json=[task], headers={"Authorization": f"Bearer {admin_key}"}
+        ).status_code
+        == 400
+    )
+    deadline = time.monotonic() + 30  # the counts are added to the database every few seconds
+    while True:
+        after = _error_totals(page, dashboard)
+        if (
+            after.get("openai", 0) >= before.get("openai", 0) + 3
+            and after.get("runware", 0) >= before.get("runware", 0) + 1
+        ):
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(1)
+    assert page.is_visible("text=Errors by code")
     assert page.js_errors == []

@@ -112,7 +112,6 @@ async def account_key(pair: Pair, micros: int | None = None, **key: Any) -> tupl
 async def test_both_replicas_started_together_migrated_once(pair: Pair) -> None:
     names = [r[0] for r in await pair.sql("SELECT name FROM schema_migrations ORDER BY name")]
     assert names == [name for name, _ in PG_MIGRATIONS]  # each once (the name is the primary key)
-    assert len(names) == 5
     assert sorted(r[0] for r in await pair.sql("SELECT id FROM replicas")) == ["a", "b"]
 
 

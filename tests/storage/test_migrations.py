@@ -84,6 +84,7 @@ FROZEN = {
     ): "06ada39aad70c27d3db4f74fe226530f6ba3e17b746cb2d62f934ca9b340c528",
     ("sqlite", "004_task_ownership"): "717c88ad58fa99860339505d36f72c51c5b1ed6641b74cadc309fe9f6bdd60de",
     ("sqlite", "005_usage_timing_hourly"): "0cab6d64cb50f33dc97d58cb89c9498b100ba3a51c922b65af7f51f19ddb1a6f",
+    ("sqlite", "006_error_counts"): "467f3d3ff6af4678ec45a986c8ce47783be4454882c30d12961c95c6942545f4",
     ("postgresql", "001_initial"): "76571828c7b4f78bbf05626698ea1e002bc6b1a0895148dd244c5cf9a8daf8b7",
     ("postgresql", "002_webhooks_media"): "ca4cea7bf6b4c31bde7a3e39570fea60ff661d8e7abfb2db103cb7443d6058ff",
     (
@@ -95,6 +96,7 @@ FROZEN = {
         "postgresql",
         "005_usage_timing_hourly",
     ): "9bebc1228cfe3fe97a37058d9617cc43d4574ccfb8e0f758683278017b953554",
+    ("postgresql", "006_error_counts"): "229c4d3c328bdd56102be0990461996f01b40eaea86171a6aa3763dadca36625",
 }
 
 

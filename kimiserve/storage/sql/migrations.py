@@ -195,12 +195,25 @@ CREATE TRIGGER usage_hourly_add AFTER INSERT ON usage_records BEGIN
 END;
 """
 
+# Refused and failed requests per minute, protocol and code (errors are not usage rows): the
+# dashboard's errors-by-code plot. Counted in memory and added here every few seconds.
+_006_ERROR_COUNTS = """
+CREATE TABLE error_counts (
+    minute INTEGER NOT NULL,
+    protocol VARCHAR(20) NOT NULL,
+    code VARCHAR(80) NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (minute, protocol, code)
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _001_INITIAL),
     ("002_webhooks_media", _002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _003_LEDGER_SCOPES_LIMITS),
     ("004_task_ownership", _004_TASK_OWNERSHIP),
     ("005_usage_timing_hourly", _005_USAGE_TIMING_HOURLY),
+    ("006_error_counts", _006_ERROR_COUNTS),
 ]
 
 # ---- PostgreSQL: the same steps, frozen in its dialect ----------------------------------------
@@ -378,12 +391,23 @@ CREATE TRIGGER usage_hourly_add AFTER INSERT ON usage_records
     FOR EACH ROW EXECUTE FUNCTION usage_hourly_add();
 """
 
+_PG_006_ERROR_COUNTS = """
+CREATE TABLE error_counts (
+    minute BIGINT NOT NULL,
+    protocol VARCHAR(20) NOT NULL,
+    code VARCHAR(80) NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (minute, protocol, code)
+);
+"""
+
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _PG_001_INITIAL),
     ("002_webhooks_media", _PG_002_WEBHOOKS_MEDIA),
     ("003_ledger_scopes_limits", _PG_003_LEDGER_SCOPES_LIMITS),
     ("004_task_ownership", _PG_004_TASK_OWNERSHIP),
     ("005_usage_timing_hourly", _PG_005_USAGE_TIMING_HOURLY),
+    ("006_error_counts", _PG_006_ERROR_COUNTS),
 ]
 
 # Any constant both sides agree on: the advisory lock every replica's migration takes first.

@@ -169,3 +169,15 @@ usage_hourly = sa.Table(
     sa.Column("decode_tokens", sa.Integer, nullable=False),
     sa.Column("decode_ms", sa.Integer, nullable=False),
 )
+
+# ---- 006_error_counts ---------------------------------------------------------------------------
+
+# Refused and failed requests per minute, protocol and code.
+error_counts = sa.Table(
+    "error_counts",
+    metadata,
+    sa.Column("minute", sa.BigInteger, primary_key=True),  # epoch seconds, a multiple of 60
+    sa.Column("protocol", sa.String(20), primary_key=True),
+    sa.Column("code", sa.String(80), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
