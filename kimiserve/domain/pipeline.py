@@ -5,6 +5,8 @@
 
 Protocols translate their wire models into a `GenerationRequest`, call `admit()`, and render
 what the returned `Admission` yields; they never touch limits, money or engines themselves.
+(About 600 lines on purpose: admission, the built-in tools' rounds and settlement keep one money
+invariant together; what generations produce is in `results.py`.)
 
 Money (the policy, also in the README):
 - Before the engine runs, each generation's worst case is held: its prompt at the input price
