@@ -1,10 +1,12 @@
-"""The ledger on SQLite, each transaction one call into one dedicated thread.
+"""The ledger on SQLite, its transactions committed in groups by one dedicated thread.
 
 aiosqlite crosses into its thread once per statement (begin, each statement, commit: five
-crossings for a settlement), and the ledger is on every metered request's path twice. Here a
-whole transaction is one crossing, on a connection of its own (WAL lets it write beside the
-SQLAlchemy pool; the busy timeout covers the rare overlap). Same semantics as
-`SqlLedgerStore`, which serves the other databases.
+crossings for a settlement), and the ledger is on every metered request's path twice. Here the
+works waiting at a moment (holds, settlements, releases of concurrent requests) run as one
+transaction in one crossing, each in its own savepoint, so each still succeeds or fails alone;
+on a connection of its own (WAL lets it write beside the SQLAlchemy pool; the process's write
+lock keeps it from waiting in SQLite's busy handler). Same semantics as `SqlLedgerStore`, which
+serves the other databases.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kimiserve.domain.ports import Hold, InsufficientBalance, LedgerEntry, UsageRow
 from kimiserve.errors import ServiceUnavailable
@@ -72,6 +75,21 @@ def _release(conn: sqlite3.Connection, hold: Hold) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A work's exception, carried out of the batch to its own caller."""
+
+    error: Exception
+
+
+def _as_unavailable(exc: Exception) -> _Failed:
+    if isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc):
+        unavailable = ServiceUnavailable("The database is busy; try again shortly.")
+        unavailable.__cause__ = exc
+        return _Failed(unavailable)
+    return _Failed(exc)
+
+
 class SqliteLedgerStore:
     def __init__(self, path: str, owner: str | None = None, write_lock: asyncio.Lock | None = None) -> None:
         self._owner = owner  # the replica whose holds these are (recorded on each reservation)
@@ -80,30 +98,70 @@ class SqliteLedgerStore:
         # metered request more than its two ledger transactions themselves.
         self._write_lock = write_lock if write_lock is not None else asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None  # running while works wait
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        """Run `work` in a transaction of its own, as far as its caller can tell: it commits with
+        whatever other work is waiting (group commit: one BEGIN … COMMIT and one thread crossing
+        for all of them), each in a savepoint, so one work's exception rolls back that work alone
+        and is raised to its caller only."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((work, done))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        result: T = await done
+        return result
 
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            async with self._write_lock:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-        except sqlite3.OperationalError as exc:
-            if "database is locked" in str(exc):
-                raise ServiceUnavailable("The database is busy; try again shortly.") from exc
+            while self._pending:
+                batch, self._pending = self._pending, []
+                works = [w for w, _ in batch]
+                try:
+                    async with self._write_lock:
+                        outcomes = await loop.run_in_executor(self._executor, self._commit, works)
+                except Exception as exc:  # the transaction itself failed: every work with it
+                    outcomes = [_as_unavailable(exc)] * len(batch)
+                except BaseException:  # the loop is going away: nobody is left waiting for certain
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(ServiceUnavailable("The server is shutting down."))
+                    raise
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # its caller was cancelled
+                        continue
+                    if isinstance(outcome, _Failed):
+                        done.set_exception(outcome.error)
+                    else:
+                        done.set_result(outcome)
+        finally:
+            self._drainer = None
+
+    def _commit(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Any] = []
+        try:
+            for work in works:
+                conn.execute("SAVEPOINT work")
+                try:
+                    outcomes.append(work(conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO work")
+                    outcomes.append(_Failed(exc))
+                conn.execute("RELEASE work")
+        except BaseException:
+            conn.execute("ROLLBACK")
             raise
+        conn.execute("COMMIT")
+        return outcomes
 
     async def reserve(self, holds: list[Hold]) -> None:
         account_id = holds[0].account_id
