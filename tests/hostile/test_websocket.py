@@ -57,13 +57,20 @@ def test_revoked_key_ends_an_idle_socket(fake_server: ServerProcess, hostile_dir
     )
 
 
-def test_revoked_key_refuses_the_next_task(fake_server: ServerProcess, hostile_dir: Path) -> None:
-    key = create_key(hostile_dir, account="alice", name="revoked-busy")
-    with open_ws(fake_server, key) as ws:
-        revoke(hostile_dir, key)
-        task = text_task(settings={"maxTokens": 4})
-        ws.send(json.dumps([task]))
-        frames, code = until_closed(ws)
+def test_revoked_key_refuses_the_next_task(tmp_path: Path) -> None:
+    """The check before each task, alone: a server of its own whose periodic re-check (1 s on the
+    shared server) cannot end the socket between the revocation and the task."""
+    key = create_key(tmp_path, account="alice", name="revoked-busy")
+    server = ServerProcess(tmp_path, env={"KIMISERVE_ENGINE": "fake", "KIMISERVE_WS_KEY_RECHECK_S": "600"})
+    server.start()
+    try:
+        with open_ws(server, key) as ws:
+            revoke(tmp_path, key)
+            task = text_task(settings={"maxTokens": 4})
+            ws.send(json.dumps([task]))
+            frames, code = until_closed(ws)
+    finally:
+        server.stop()
     errors = [e for f in frames for e in f.get("errors", [])]
     assert any(e["code"] == "invalidApiKey" and e.get("taskUUID") == task["taskUUID"] for e in errors), frames
     assert not any("data" in f and f["data"][0].get("taskUUID") == task["taskUUID"] for f in frames), frames
