@@ -26,6 +26,23 @@ def chat(server: ServerProcess, key: str, n: int = 4) -> httpx.Response:
     )
 
 
+def run_task(server: ServerProcess, key: str, content: str) -> str:
+    """A sync Runware textInference task of 4 tokens; its taskUUID."""
+    task_uuid = str(uuid.uuid4())
+    task = {
+        "taskType": "textInference",
+        "taskUUID": task_uuid,
+        "model": "moonshotai:kimi@2.6",
+        "messages": [{"role": "user", "content": content}],
+        "settings": {"maxTokens": 4},
+    }
+    reply = httpx.post(
+        f"{server.base_url}/v1", headers={"Authorization": f"Bearer {key}"}, json=[task], timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    return task_uuid
+
+
 def test_sign_in_sets_a_strict_httponly_session_and_sign_out_ends_it(
     page: Any, dashboard: str, admin_key: str
 ) -> None:
@@ -131,22 +148,7 @@ def test_a_key_without_admin_scope_sees_only_its_own_account(
     page: Any, dashboard: str, admin_key: str, server: ServerProcess, server_dir: Path
 ) -> None:
     # A task of the admin's account, which the other account must not see.
-    task_uuid = str(uuid.uuid4())
-    reply = httpx.post(
-        f"{server.base_url}/v1",
-        headers={"Authorization": f"Bearer {admin_key}"},
-        json=[
-            {
-                "taskType": "textInference",
-                "taskUUID": task_uuid,
-                "model": "moonshotai:kimi@2.6",
-                "messages": [{"role": "user", "content": "Hi"}],
-                "settings": {"maxTokens": 4},
-            }
-        ],
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
+    task_uuid = run_task(server, admin_key, "Hi")
     user_key = create_key(server_dir, "someone-else", "plain-user")
     sign_in(page, dashboard, user_key)
     assert page.url.endswith("/dashboard/overview")
@@ -171,22 +173,7 @@ def test_a_key_without_admin_scope_sees_only_its_own_account(
 def test_markup_in_prompts_and_names_is_shown_as_text(
     page: Any, dashboard: str, admin_key: str, server: ServerProcess
 ) -> None:
-    task_uuid = str(uuid.uuid4())
-    reply = httpx.post(
-        f"{server.base_url}/v1",
-        headers={"Authorization": f"Bearer {admin_key}"},
-        json=[
-            {
-                "taskType": "textInference",
-                "taskUUID": task_uuid,
-                "model": "moonshotai:kimi@2.6",
-                "messages": [{"role": "user", "content": HOSTILE}],
-                "settings": {"maxTokens": 4},
-            }
-        ],
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
+    task_uuid = run_task(server, admin_key, HOSTILE)
     sign_in(page, dashboard, admin_key)
     page.goto(f"{dashboard}/tasks/{task_uuid}")
     request_json = page.text_content("pre.json") or ""
