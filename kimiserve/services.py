@@ -67,7 +67,7 @@ async def open_platform(settings: Settings) -> Platform:
     db = await open_database(url)
     store = SqlAccountStore(db)
     accounts = Accounts(store)
-    keys = ApiKeys(store)
+    keys = ApiKeys(store, cache_s=settings.key_cache_s)
     usage = SqlUsageStore(db)
     sqlite_path = db.url.database if db.dialect.name == "sqlite" and db.url.database != ":memory:" else None
     owner = settings.resolved_replica_id()

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     open_mode: bool = Field(
         False, description="Serve without authentication (development only; says so loudly)."
     )
+    key_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds an API key's row is kept in memory after it was read (0: none). "
+        "Changes through the admin API, the dashboard or the CLI of this process apply at once; "
+        "another process's (the CLI, another replica) within this time.",
+    )
     engine: Literal["llamacpp", "fake"] = Field(
         "llamacpp", description="Embedded engine: llamacpp (real) or fake (scripted, tests only)."
     )

@@ -532,8 +532,11 @@ class Pipeline:
         holds: list[Hold | None] = [None] * n
         metered = False
         try:
-            account = await self.accounts.get_account(principal.account_id)
-            metered = account is not None and account.metered
+            if principal.metered is not None:  # read with the key
+                metered = principal.metered
+            else:
+                account = await self.accounts.get_account(principal.account_id)
+                metered = account is not None and account.metered
             if metered:
                 worst = model.price.worst_case(prompt_tokens, max_tokens)
                 taken = [Hold(uuid.uuid4().hex, principal.account_id, request_id, worst) for _ in range(n)]

@@ -50,6 +50,8 @@ class KeyRow:
     models: tuple[str, ...] | None  # None: every model
     limits: Limits = field(default_factory=Limits)
     account_limits: Limits = field(default_factory=Limits)
+    # Whether its account is metered, read with the key by `get_key` (None where not read).
+    account_metered: bool | None = None
 
 
 @dataclass(frozen=True)

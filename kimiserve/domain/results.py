@@ -4,7 +4,7 @@ Used by the pipeline and by protocols rendering results."""
 
 from __future__ import annotations
 
-import secrets
+import random
 from dataclasses import dataclass, replace
 
 from kimiserve.domain.types import (
@@ -61,7 +61,7 @@ def fan_out(base: GenerationRequest, seed: int | None, n: int) -> list[Generatio
 
     The engine gets the seed reduced to 32 bits; the client is told the seed it can send back.
     """
-    first = seed if seed is not None else secrets.randbelow(UINT32)
+    first = seed if seed is not None else random.getrandbits(32)  # a seed, not a secret: no syscall
     return [
         Generation(first + i, replace(base, sampling=replace(base.sampling, seed=(first + i) % UINT32)))
         for i in range(n)

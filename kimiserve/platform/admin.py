@@ -103,11 +103,13 @@ class Admin:
     async def top_up(self, ref: str, amount_micros: int, note: str | None = None) -> dict[str, Any]:
         row = await self.account(ref)
         await self._ledger.top_up(row.id, amount_micros, note)
+        self._keys.forget_account(row.id)  # a first top-up makes the account metered
         return account_view(await self.account(row.id))
 
     async def set_account_limits(self, ref: str, limits: Limits) -> dict[str, Any]:
         row = await self.account(ref)
         await self._store.set_account_limits(row.id, limits)
+        self._keys.forget_account(row.id)
         return account_view(await self.account(row.id))
 
     async def create_key(
@@ -134,7 +136,11 @@ class Admin:
         return [key_view(k) for k in await self._store.list_keys(account_id)]
 
     async def revoke_key(self, key_id: str) -> bool:
-        return await self._store.revoke_key(key_id)
+        revoked = await self._store.revoke_key(key_id)
+        self._keys.forget_key(key_id)
+        return revoked
 
     async def set_key_limits(self, key_id: str, limits: Limits) -> bool:
-        return await self._store.set_key_limits(key_id, limits)
+        changed = await self._store.set_key_limits(key_id, limits)
+        self._keys.forget_key(key_id)
+        return changed

@@ -3,6 +3,13 @@
 The key id is public (it is how a key is found); the secret is 32 random bytes, so a fast
 hash is the right tool (no password stretching needed for high-entropy secrets). A key carries
 scopes, an optional model allowlist and rate limits; its account's limits come with it.
+
+Authentication is on every request, so a key's row is kept in memory for `cache_s` (1 s by
+default, `KIMISERVE_KEY_CACHE_S`; 0 keeps nothing) after it was read. Every change made through
+`Admin` (revoking, limits, a top-up that makes an account metered) forgets the rows it touches
+in this process at once; a change made by another process (the CLI, another replica) takes
+effect here within `cache_s`. The secret is still hashed and compared on every request: the
+cache holds the row, never a verdict on the key text.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -50,6 +58,7 @@ class Principal:
     models: tuple[str, ...] | None = None  # None: every model
     key_limits: Limits = field(default_factory=Limits)
     account_limits: Limits = field(default_factory=Limits)
+    metered: bool | None = None  # whether the account is metered, as read with the key; None: unknown
 
 
 def _hash(key: str) -> str:
@@ -71,12 +80,40 @@ def principal_of(row: KeyRow) -> Principal:
         models=row.models,
         key_limits=row.limits,
         account_limits=row.account_limits,
+        metered=row.account_metered,
     )
 
 
+CACHED_KEYS = 10_000  # rows kept at most; the oldest read goes first
+
+
 class ApiKeys:
-    def __init__(self, store: AccountStore) -> None:
+    def __init__(self, store: AccountStore, *, cache_s: float = 1.0) -> None:
         self._store = store
+        self._cache_s = cache_s
+        self._rows: dict[str, tuple[float, KeyRow]] = {}  # key id → (read at, row), oldest first
+
+    async def _row(self, key_id: str) -> KeyRow | None:
+        now = time.monotonic()
+        cached = self._rows.get(key_id)
+        if cached is not None and now - cached[0] < self._cache_s:
+            return cached[1]
+        row = await self._store.get_key(key_id)
+        self._rows.pop(key_id, None)
+        if row is not None and self._cache_s > 0:  # unknown ids are not kept: no growth from guesses
+            if len(self._rows) >= CACHED_KEYS:
+                del self._rows[next(iter(self._rows))]
+            self._rows[key_id] = (now, row)
+        return row
+
+    def forget_key(self, key_id: str) -> None:
+        """The key changed (revoked, new limits): read it again on its next use."""
+        self._rows.pop(key_id, None)
+
+    def forget_account(self, account_id: str) -> None:
+        """The account changed (limits, metered): read its keys again on their next use."""
+        for key_id in [k for k, (_, row) in self._rows.items() if row.account_id == account_id]:
+            del self._rows[key_id]
 
     async def create(
         self,
@@ -99,7 +136,7 @@ class ApiKeys:
         if not key:
             raise AuthenticationFailed("An API key is required.", code="missingApiKey", parameter="apiKey")
         key_id = _key_id(key)
-        row = await self._store.get_key(key_id) if key_id else None
+        row = await self._row(key_id) if key_id else None
         # Compare even when no row was found, so timing does not tell which part was wrong.
         expected = row.secret_hash if row is not None else _hash(uuid.uuid4().hex)
         if not hmac.compare_digest(expected, _hash(key)) or row is None or row.revoked:

@@ -5,8 +5,8 @@ llama.cpp's llama-server, another kimiserve, hosted providers (Moonshot, reselle
 - `wire`     GenerationRequest → request body, the Kimi dialect and tool-call id normalisation
 - `stream`   SSE chunks → events (reasoning under either name, tool-call deltas, usage)
 - `tools`    tool-call argument validation against the declared schema
-- `errors`   httpx and upstream error bodies → the kimiserve exception tree
-- `engine`   UpstreamEngine: one upstream, one pooled httpx client
+- `errors`   aiohttp failures and upstream error bodies → the kimiserve exception tree
+- `engine`   UpstreamEngine: one upstream, one pooled aiohttp session
 - `pool`     PoolEngine: replicas with failover, ejection and prompt-cache affinity
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 from kimiserve.errors import (
     ContextLengthExceeded,
@@ -46,12 +46,13 @@ def is_replica_fault(exc: BaseException) -> bool:
     return bool(getattr(exc, "replica_fault", False))
 
 
-def from_transport(exc: httpx.TransportError, label: str, *, streaming: bool) -> KimiserveError:
-    """An httpx transport failure (never repeats the upstream's key: httpx errors carry none)."""
-    if isinstance(exc, httpx.TimeoutException):
-        what = "connect" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "respond"
+def from_transport(exc: aiohttp.ClientError | TimeoutError, label: str, *, streaming: bool) -> KimiserveError:
+    """An aiohttp transport failure or timeout (its message is not repeated: only the class of
+    failure and the upstream's URL are, never its key)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "respond"
         return UpstreamTimeout(f"The upstream {label} did not {what} in time.")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(f"The upstream {label} refused the connection.")
     if streaming:
         return UpstreamBroken(f"The upstream {label} closed the stream before it finished.")

@@ -37,9 +37,9 @@ async def sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The `data:` payloads of an SSE body, up to `[DONE]` (comments and other fields skipped).
 
     Reads raw bytes and splits lines itself (`\n` or `\r\n`, as vLLM, SGLang and llama-server
-    end them): a layer of text decoding and line splitting less per chunk than httpx's
-    `aiter_lines`. Returns at `[DONE]` without closing `body`, so the caller can read the rest
-    of it (the end of the chunked body) and the connection goes back to the pool.
+    end them): no text decoding or line iterator between the socket and the JSON. Returns at
+    `[DONE]` without closing `body`, so the caller can read the rest of it (the end of the
+    chunked body) and the connection goes back to the pool.
     """
     pending = b""
     async for piece in body:

@@ -29,7 +29,7 @@ def _account(row: Any) -> AccountRow:
     )
 
 
-def _key(row: Any, account_limits: Limits) -> KeyRow:
+def _key(row: Any, account_limits: Limits, account_metered: bool | None = None) -> KeyRow:
     return KeyRow(
         id=row.id,
         account_id=row.account_id,
@@ -40,6 +40,7 @@ def _key(row: Any, account_limits: Limits) -> KeyRow:
         models=tuple(json.loads(row.models)) if row.models is not None else None,
         limits=_limits(row),
         account_limits=account_limits,
+        account_metered=account_metered,
     )
 
 
@@ -115,13 +116,15 @@ class SqlAccountStore:
             )
 
     async def get_key(self, key_id: str) -> KeyRow | None:
-        """The key with its account's limits (one query: authentication is on every request)."""
+        """The key with its account's limits and whether it is metered (one query: authentication
+        is on every request)."""
         query = (
             sa.select(
                 api_keys,
                 accounts.c.rpm_limit.label("a_rpm"),
                 accounts.c.tpm_limit.label("a_tpm"),
                 accounts.c.concurrency_limit.label("a_conc"),
+                accounts.c.balance_micros.label("a_balance"),
             )
             .join(accounts, accounts.c.id == api_keys.c.account_id)
             .where(api_keys.c.id == key_id)
@@ -130,7 +133,8 @@ class SqlAccountStore:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
-        return _key(row, Limits(rpm=row.a_rpm, tpm=row.a_tpm, concurrency=row.a_conc))
+        limits = Limits(rpm=row.a_rpm, tpm=row.a_tpm, concurrency=row.a_conc)
+        return _key(row, limits, account_metered=row.a_balance is not None)
 
     async def set_key_limits(self, key_id: str, limits: Limits) -> bool:
         async with self._db.begin() as conn:
