@@ -32,7 +32,7 @@ from kimiserve.engines.openai_compat import budget, errors, tools
 from kimiserve.engines.openai_compat.config import UpstreamConfig
 from kimiserve.engines.openai_compat.stream import ChunkReader, sse_data
 from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
-from kimiserve.errors import EngineError, UnsupportedFeature
+from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,16 @@ class UpstreamEngine:
         continuation = forcing.continuation(body)
         if continuation is None or forcing.second is None:
             return
-        async for event in self._stream(continuation, forcing.second):
-            yield event
+        try:
+            async for event in self._stream(continuation, forcing.second):
+                yield event
+        except InvalidRequest as exc:  # kimiserve's continuation refused, not the client's request
+            error = EngineError(
+                f"The upstream {self.config.label} refused to continue after the reasoning "
+                f"budget (does it take continue_final_message?): {exc.message}"
+            )
+            error.settles_delivered = True  # the reasoning reached the client
+            raise error from None
 
     async def _stream(self, body: dict[str, Any], reader: ChunkReader) -> AsyncGenerator[Event, None]:
         """POST one streamed request; yield its text and reasoning, leave the rest in `reader`."""

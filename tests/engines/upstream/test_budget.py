@@ -18,6 +18,7 @@ from kimiserve.domain.types import (
 )
 from kimiserve.engines.openai_compat import UpstreamEngine
 from kimiserve.engines.openai_compat.budget import ZERO_WIDTH_SPACE, Forcing
+from kimiserve.errors import EngineError, InvalidRequest
 from tests.engines.upstream.conftest import ask, collect, config
 from tests.standin.process import StandinProcess
 
@@ -161,3 +162,22 @@ def test_without_running_usage_reasoning_chunks_are_counted_and_the_prompt_estim
     forcing.second.feed({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
     # the first prompt is estimated as the continuation's minus the reasoning it now carries
     assert forcing.usage() == Usage(7 + 10, 3 + 2, 0, 3)
+
+
+async def test_a_continuation_the_upstream_refuses_is_an_engine_error_not_the_clients(
+    standin: StandinProcess,
+) -> None:
+    """SGLang's continuation sent to vLLM (no `add_generation_prompt: false`): vLLM's 400 is
+    kimiserve's doing, so the client gets an engine error after the reasoning, never a 400."""
+    engine = UpstreamEngine(config(standin.url, dialect="sglang"))
+    events: list[object] = []
+    try:
+        with pytest.raises(EngineError) as caught:
+            async for event in engine.generate(ask("mismatch #reason-400", thinking="low")):
+                events.append(event)
+    finally:
+        await engine.aclose()
+    assert not isinstance(caught.value, InvalidRequest) and caught.value.settles_delivered
+    assert "refused to continue after the reasoning budget" in caught.value.message
+    assert "add_generation_prompt" in caught.value.message
+    assert len(reasoning_of(events)) == LOW and not text_of(events)

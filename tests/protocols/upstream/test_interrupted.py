@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from openai import AsyncOpenAI
 from tests.engines.upstream.test_server import MODELS
 from tests.platform.support import assert_ledger_consistent
 from tests.protocols.openai.support import usage_rows
+from tests.protocols.runware.wire import sse_events
 from tests.serverproc import ServerProcess, cli, create_key
 from tests.standin.process import StandinProcess
 
@@ -141,3 +143,33 @@ async def test_unstreamed_request_dying_midway_is_free(metered: Metered) -> None
     assert_ledger_consistent(after)
     assert after["balance_micros"] == before["balance_micros"]  # nothing reached the client
     assert after["usage"]["generations"] == before["usage"]["generations"]
+
+
+def test_runware_stream_dying_midway_ends_with_an_error_frame_and_charges_what_was_sent(
+    metered: Metered,
+) -> None:
+    metered.revive()
+    before = metered.account()
+    task = {
+        "taskType": "textInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "moonshotai:kimi@2.6",
+        "messages": [{"role": "user", "content": "alpha beta #die gamma"}],
+        "settings": {"maxTokens": 64},
+        "deliveryMethod": "stream",
+    }
+    headers = {"Authorization": f"Bearer {metered.key}"}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{metered.server.base_url}/v1", json=[task], headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        frames = sse_events(r)
+    assert time.monotonic() - started < 5
+    assert "".join(f["delta"]["text"] for f in frames if isinstance(f, dict) and "delta" in f) == "alpha beta"
+    terminal = [f for f in frames if isinstance(f, dict) and "errors" in f]
+    assert len(terminal) == 1 and terminal[0]["errors"][0]["code"] == "inferenceError"
+    assert terminal[0]["errors"][0]["taskUUID"] == task["taskUUID"]
+    [row] = usage_rows(metered.data, task["taskUUID"])
+    assert row["outcome"] == "interrupted" and row["completion_tokens"] == 2
+    after = metered.account()
+    assert_ledger_consistent(after)
+    assert before["balance_micros"] - after["balance_micros"] == row["cost_micros"] > 0
