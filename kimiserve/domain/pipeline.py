@@ -19,7 +19,7 @@ Money (the policy, also in the README):
   One exception: an engine error marked `settles_delivered` (an upstream whose stream died or
   stalled after its first token: `UpstreamBroken`, a mid-stream read timeout) that ends a
   *streamed* generation (`stream()`, events delivered as they come) after events reached the
-  client charges what was delivered: the prompt as counted at admission plus the events streamed
+  client charges what was delivered: the prompt as the pipeline counted it plus the events streamed
   (one token each), with the usage row `interrupted`; the client still gets the terminal error.
   A failure before the first event, or in `run()` (nothing is delivered before the result), is
   released as before.
@@ -43,7 +43,8 @@ The built-in tools' loop (`admit(builtin_tools=…)`, e.g. `search`, `codeInterp
   so far, so the charges add up to the cost of the summed usage. A balance that cannot cover the
   next round is `InsufficientCredits` there. One `Usage` (the rounds' sum) and one `Finished`
   end the stream. Leaving mid-round charges that round's tokens so far; leaving during a tool
-  run cancels it and charges nothing more; a failure or shutdown releases the current round.
+  run cancels it and charges nothing more; a failure or shutdown releases the current round
+  (but an upstream's mid-stream death in a stream charges what the round delivered, as above).
 """
 
 from __future__ import annotations
