@@ -11,9 +11,10 @@ closed, which the upstream continues. The client sees one answer: the reasoning,
 budget, then the content. A level whose budget is not reached costs one request, as before.
 
 Counting: the first request asks for `stream_options.continuous_usage_stats` (vLLM and SGLang
-then put a running `usage` in every chunk), and the count is its `completion_tokens`; without it,
-the count is the reasoning chunks, which vLLM and SGLang stream about one token each (a chunk may
-carry several tokens, so the reasoning can then end a little past the budget).
+then put a running `usage` in every chunk: vLLM `StreamOptions` / `include_continuous_usage` in
+its chat serving, SGLang's `TestContinuousUsageStats`), and the count is its `completion_tokens`;
+without it, the count is the reasoning chunks, which vLLM and SGLang stream about one token each
+(a chunk may carry several tokens, so the reasoning can then end a little past the budget).
 
 The continuation, per engine (what it relies on):
 - vLLM: `continue_final_message: true` + `add_generation_prompt: false` (vLLM refuses both true),
@@ -27,7 +28,8 @@ The continuation, per engine (what it relies on):
     `preserve_thinking` is not set (and the turns up to the last plain assistant turn always
     without reasoning unless `preserve_thinking`): so `preserve_thinking: true` keeps R in the
     prompt, closed by `</think>` (K2.6 `chat_template.jinja`; Moonshot's Kimi-Vendor-Verifier
-    README for `preserve_thinking`).
+    README for `preserve_thinking`). K2.5's template has no `preserve_thinking`: there the
+    continuation answers without seeing the cut reasoning (still one answer, reasoning bounded).
   - With `thinking: false` vLLM's `kimi_k2` reasoning parser is the identity parser, so all the
     continuation is `content` (`vllm/reasoning/kimi_k2_reasoning_parser.py`).
   - transformers' `apply_chat_template(continue_final_message=True)` cuts the rendered prompt
