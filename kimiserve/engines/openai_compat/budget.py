@@ -47,13 +47,16 @@ The continuation, per engine (what it relies on):
   thinking switch: neither is forced; a level there turns thinking on (moonshot) and reasoning is
   bounded by `maxTokens` only.
 
-Usage is the sum of both requests, since the upstream bills (and computes) both: completion and
-reasoning tokens of the cut stream (all reasoning) plus the continuation's, and both prompts (the
-second is the first plus the reasoning, mostly a prefix-cache hit where the upstream reports
-`cached_tokens`). The cut stream never sends its last usage chunk, so its cached tokens count as
-0 and, without running usage, its prompt is estimated as the continuation's prompt minus the
-reasoning counted. `maxTokens` bounds reasoning and answer together: the continuation gets what
-the reasoning left of it, and none is sent when nothing is left (the answer ends `length`).
+Usage is the answer's, as if one request had made it: the first request's prompt, and as
+completion the reasoning (all of the cut stream) plus the continuation's tokens, reasoning tokens
+likewise. The continuation's prompt (the same prompt plus the reasoning) is not charged again, by
+choice: forcing runs only on self-hosted engines (vLLM, SGLang), where that prompt is a
+prefix-cache hit (its KV blocks were just computed) rather than a billed input; and the
+pipeline's hold (one prompt plus `maxTokens`, what keeps a balance from going below zero) covers
+exactly this. The cut stream never sends its last usage chunk, so its cached tokens count as 0
+and, without running usage, its prompt is estimated as the continuation's minus the reasoning
+counted. `maxTokens` bounds reasoning and answer together: the continuation gets what the
+reasoning left of it, and none is sent when nothing is left (the answer ends `length`).
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class Forcing:
         return self.second if self.second is not None else self.first
 
     def usage(self) -> Usage:
+        """The answer's usage (module docstring): one prompt, both requests' output."""
         if not self.cut:
             return self.first.usage or Usage(0, self.first.produced)
         reasoning = self.spent
@@ -173,8 +177,8 @@ class Forcing:
         if second is None:
             return Usage(prompt, reasoning, cached, reasoning)
         return Usage(
-            prompt + second.prompt_tokens,
+            prompt,
             reasoning + second.completion_tokens,
-            cached + second.cached_tokens,
+            cached,
             reasoning + second.reasoning_tokens,
         )

@@ -78,11 +78,10 @@ async def test_low_level_cuts_long_reasoning_at_its_budget_and_the_answer_follow
         "reasoning": "".join(reasoning),
         "reasoning_content": "".join(reasoning),
     }
-    # Both requests' usage: the first's running usage at the cut, the continuation's last chunk.
+    # The answer's usage: the first request's prompt (its running usage at the cut), the cut
+    # reasoning plus the continuation's answer; the continuation's prompt is not charged again.
     [usage] = [e for e in events if isinstance(e, Usage)]
-    first_prompt = 4  # "think hard #reason-2000": 3 words + 1 per message
-    second_prompt = first_prompt + 2 + LOW  # + the assistant message (a "word" + 1), its reasoning
-    assert usage == Usage(first_prompt + second_prompt, LOW + 3, 0, LOW)
+    assert usage == Usage(4, LOW + 3, 0, LOW)  # "think hard #reason-2000": 3 words + 1 per message
 
 
 async def test_none_turns_thinking_off_in_one_request(
@@ -160,8 +159,8 @@ def test_without_running_usage_reasoning_chunks_are_counted_and_the_prompt_estim
     assert body is not None and body["messages"][-1]["reasoning"] == " r0 r1 r2"
     assert forcing.second is not None
     forcing.second.feed({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
-    # the first prompt is estimated as the continuation's minus the reasoning it now carries
-    assert forcing.usage() == Usage(7 + 10, 3 + 2, 0, 3)
+    # the prompt is estimated as the continuation's minus the reasoning it now carries
+    assert forcing.usage() == Usage(7, 3 + 2, 0, 3)
 
 
 async def test_a_continuation_the_upstream_refuses_is_an_engine_error_not_the_clients(
