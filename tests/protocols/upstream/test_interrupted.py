@@ -1,6 +1,7 @@
 """An upstream that dies mid-stream, through a real kimiserve with a metered account: the client
 gets a clean terminal error, and the account pays exactly for the tokens it was sent (issue 12);
-a death before the first token, or under a non-streamed request, stays free (issue 8)."""
+a death before the first token, or under a non-streamed request, stays free (issue 8). The same
+metered front checks what a budget-forced answer (two upstream requests) is charged."""
 
 from __future__ import annotations
 
@@ -173,3 +174,29 @@ def test_runware_stream_dying_midway_ends_with_an_error_frame_and_charges_what_w
     after = metered.account()
     assert_ledger_consistent(after)
     assert before["balance_micros"] - after["balance_micros"] == row["cost_micros"] > 0
+
+
+async def test_budget_forced_answer_is_charged_as_one_request_within_its_hold(metered: Metered) -> None:
+    """Budget forcing (two upstream requests) charges the answer's usage: one prompt, the cut
+    reasoning plus the answer; never more than the hold taken for it."""
+    metered.revive()
+    before = metered.account()
+    async with AsyncOpenAI(
+        base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0
+    ) as client:
+        reply = await client.chat.completions.create(
+            model="kimi-k2.6",
+            messages=[{"role": "user", "content": "think then answer #reason-900"}],
+            reasoning_effort="low",
+            max_completion_tokens=400,
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens == 256 + 4
+    [row] = usage_rows(metered.data, reply.id)
+    assert row["outcome"] == "completed" and row["reasoning_tokens"] == 256
+    assert row["prompt_tokens"] == 5  # the first request's prompt only (4 words + 1 per message)
+    assert row["cost_micros"] == cost(5, 260)
+    after = metered.account()
+    assert_ledger_consistent(after)
+    reservation, settlement = after["ledger"][len(before["ledger"]) :]
+    assert (reservation["kind"], settlement["kind"]) == ("reservation", "settlement")
+    assert -settlement["amount_micros"] == row["cost_micros"] <= reservation["hold_micros"]
