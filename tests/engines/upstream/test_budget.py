@@ -4,6 +4,8 @@ from a continuation request, in the engine's own dialect."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -55,12 +57,19 @@ def text_of(events: list[object]) -> str:
 async def test_low_level_cuts_long_reasoning_at_its_budget_and_the_answer_follows(
     upstream: UpstreamEngine, standin: StandinProcess
 ) -> None:
-    before = len(standin.stats()["requests"])
-    request = ask("think hard #reason-2000", thinking="low", sampling=Sampling(max_tokens=1000))
+    stats = standin.stats()
+    before = len(stats["requests"])
+    # 20,000 chunks (~4 MB) cannot all sit in socket buffers: the cut must reach the stand-in.
+    request = ask("think hard #reason-20000", thinking="low", sampling=Sampling(max_tokens=1000))
     events = await collect(upstream.generate(request))
     reasoning = reasoning_of(events)
     assert len(reasoning) == LOW and reasoning[-1] == f" step{LOW - 1}"  # cut at the budget
-    assert text_of(events) == "think hard #reason-2000"  # the continuation's answer, as content
+    assert text_of(events) == "think hard #reason-20000"  # the continuation's answer, as content
+    deadline = time.monotonic() + 5
+    while (after := standin.stats())["cancelled"] == stats["cancelled"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    # the first stream was closed, so aborted upstream; the continuation ran to its end
+    assert (after["cancelled"], after["completed"]) == (stats["cancelled"] + 1, stats["completed"] + 1)
     kinds = [type(e).__name__ for e in events]
     assert kinds.index("TextDelta") > max(i for i, k in enumerate(kinds) if k == "ReasoningDelta")
     assert events[-1] == Finished("stop")
@@ -81,7 +90,7 @@ async def test_low_level_cuts_long_reasoning_at_its_budget_and_the_answer_follow
     # The answer's usage: the first request's prompt (its running usage at the cut), the cut
     # reasoning plus the continuation's answer; the continuation's prompt is not charged again.
     [usage] = [e for e in events if isinstance(e, Usage)]
-    assert usage == Usage(4, LOW + 3, 0, LOW)  # "think hard #reason-2000": 3 words + 1 per message
+    assert usage == Usage(4, LOW + 3, 0, LOW)  # "think hard #reason-20000": 3 words + 1 per message
 
 
 async def test_none_turns_thinking_off_in_one_request(
