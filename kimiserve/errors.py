@@ -111,6 +111,9 @@ class ServiceUnavailable(KimiserveError):
 class EngineError(KimiserveError):
     code = "inferenceError"
     status = 500
+    # True: raised after the engine's output began reaching the client (an upstream that died
+    # mid-stream); the pipeline charges a streamed generation for what it delivered before it.
+    settles_delivered: bool = False
 
 
 class ModelLoadError(EngineError):

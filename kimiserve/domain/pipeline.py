@@ -16,6 +16,13 @@ Money (the policy, also in the README):
 - A generation that finishes is settled: its real cost charged, its hold released and its
   usage row written, in one transaction.
 - A server-side failure (engine error, crash, shutdown) is never charged: the hold is released.
+  One exception: an engine error marked `settles_delivered` (an upstream whose stream died or
+  stalled after its first token: `UpstreamBroken`, a mid-stream read timeout) that ends a
+  *streamed* generation (`stream()`, events delivered as they come) after events reached the
+  client charges what was delivered: the prompt as the pipeline counted it plus the events streamed
+  (one token each), with the usage row `interrupted`; the client still gets the terminal error.
+  A failure before the first event, or in `run()` (nothing is delivered before the result), is
+  released as before.
 - A client that leaves mid-generation pays for what was produced until then (its prompt and the
   tokens streamed), as OpenAI bills; the usage row says `disconnected`.
 - Nothing is charged twice: a hold is settled or released once (the store refuses a second).
@@ -36,7 +43,8 @@ The built-in tools' loop (`admit(builtin_tools=…)`, e.g. `search`, `codeInterp
   so far, so the charges add up to the cost of the summed usage. A balance that cannot cover the
   next round is `InsufficientCredits` there. One `Usage` (the rounds' sum) and one `Finished`
   end the stream. Leaving mid-round charges that round's tokens so far; leaving during a tool
-  run cancels it and charges nothing more; a failure or shutdown releases the current round.
+  run cancels it and charges nothing more; a failure or shutdown releases the current round
+  (but an upstream's mid-stream death in a stream charges what the round delivered, as above).
 """
 
 from __future__ import annotations
@@ -118,6 +126,12 @@ def prompt_token_bound(request: GenerationRequest) -> int:
     return text + calls + tools + TEMPLATE_TOKENS_PER_MESSAGE * (len(request.messages) + len(request.tools))
 
 
+def _settles_delivered(exc: BaseException) -> bool:
+    """An engine failure that charges what a stream delivered before it (an upstream's mid-stream
+    death); every other failure is released."""
+    return isinstance(exc, EngineError) and exc.settles_delivered
+
+
 @dataclass
 class Admission:
     """An admitted request: its model, its generations, their holds and the rate-limit permit.
@@ -152,8 +166,11 @@ class Admission:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    async def stream(self, index: int) -> AsyncGenerator[PipelineEvent, None]:
+    async def stream(self, index: int, *, live: bool = True) -> AsyncGenerator[PipelineEvent, None]:
         """Generation `index`'s events; settled when it finishes, released when it fails.
+
+        `live`: each event reaches the client as it is yielded (a stream), so an upstream that
+        dies after delivering some is charged for them (module docstring); `run()` passes False.
 
         With built-in tools this is the tool loop (module docstring): one or more rounds, each
         held and settled on its own, ending with one `Usage` (the rounds' sum) and one `Finished`.
@@ -252,8 +269,13 @@ class Admission:
                 cost = self.model.price.cost(add_usage(total, cut)) - charged
                 await asyncio.shield(self._settle(index, cut, "disconnected", cost=cost))
             raise
-        except BaseException:
-            await asyncio.shield(self._release(index))
+        except BaseException as exc:
+            if live and in_round and produced and _settles_delivered(exc) and not pipeline.shutting_down:
+                cut = Usage(prompt_tokens, produced)
+                cost = self.model.price.cost(add_usage(total, cut)) - charged
+                await asyncio.shield(self._settle(index, cut, "interrupted", cost=cost))
+            else:
+                await asyncio.shield(self._release(index))
             raise
         finally:
             self._running[index] = False
@@ -347,7 +369,7 @@ class Admission:
 
     async def run(self, index: int) -> GenerationResult:
         acc = Accumulator(self.generations[index].seed, self.model)
-        async with contextlib.aclosing(self.stream(index)) as events:
+        async with contextlib.aclosing(self.stream(index, live=False)) as events:
             async for event in events:
                 acc.add(event)
         return acc.result()

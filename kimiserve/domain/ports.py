@@ -66,7 +66,7 @@ class UsageRow:
     cached_tokens: int
     reasoning_tokens: int
     cost_micros: int
-    outcome: str = "completed"  # completed | disconnected
+    outcome: str = "completed"  # completed | disconnected | interrupted
     ttft_ms: int | None = None  # engine start to first token; None when not measured
     decode_ms: int | None = None  # first token to the end (tokens/s = completion_tokens / this)
 

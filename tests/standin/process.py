@@ -17,6 +17,7 @@ from tests.serverproc import free_port
 class StandinProcess:
     name: str = "standin"
     reasoning_field: str = "reasoning"
+    engine: str = "vllm"  # whose continue_final_message rules it follows: "vllm" or "sglang"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -36,6 +37,8 @@ class StandinProcess:
                 self.name,
                 "--reasoning-field",
                 self.reasoning_field,
+                "--engine",
+                self.engine,
             ],
         )
         deadline = time.monotonic() + timeout_s

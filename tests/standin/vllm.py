@@ -9,7 +9,14 @@ What it answers depends on the request, so tests can steer it:
   `#badtool` in it → arguments that break the schema (the first time per conversation, or
   always with `#badtool-always`);
 - `#error400` → vLLM's 400 error body naming `param`; `#error500` → a 500; `#die` → the process
-  exits mid-stream; `#slow` → 50 ms between chunks;
+  exits mid-stream; `#slow` → 50 ms between chunks; `#reason-N` → N reasoning chunks (one token
+  each) instead of three;
+- `continue_final_message` with a final assistant message continues it, as the engine named by
+  `--engine` does (README: vLLM renders the message through the chat template, its `reasoning`
+  kept when `preserve_thinking` or thinking is on, and parses all output as content when
+  thinking is off; SGLang appends the content after the generation prompt and parses the output
+  as content when that content holds `</think>`); the answer echoes the last *user* message;
+- `stream_options.continuous_usage_stats` → a running `usage` in every chunk, as vLLM sends it;
 - otherwise the answer echoes the last message's words (one chunk per word).
 Usage comes in a last chunk with `prompt_tokens_details.cached_tokens`: a prompt whose first
 message was seen before under the same `cache_salt` counts that message as cached.
@@ -56,9 +63,10 @@ def error(status: int, message: str, kind: str, param: str | None = None) -> JSO
 
 
 class Standin:
-    def __init__(self, name: str, reasoning_field: str) -> None:
+    def __init__(self, name: str, reasoning_field: str, engine: str = "vllm") -> None:
         self.name = name
         self.reasoning_field = reasoning_field
+        self.engine = engine
         self.requests: list[dict[str, Any]] = []
         self.seen_prefixes: set[tuple[str, str]] = set()
         self.completed = 0
@@ -107,6 +115,14 @@ class Standin:
             return error(400, "temperature must be in [0, 2], got 7.0.", "BadRequestError", "temperature")
         if "#error500" in text:
             return error(500, "EngineCore encountered an issue.", "InternalServerError")
+        if (
+            self.engine == "vllm"
+            and body.get("continue_final_message")
+            and body.get("add_generation_prompt", True)
+        ):
+            # vLLM's ChatCompletionRequest validator (`check_generation_prompt`)
+            message = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            return error(400, message, "BadRequestError")
         return StreamingResponse(
             self.counted(request, self.stream(body, messages, last, text)), media_type="text/event-stream"
         )
@@ -130,26 +146,59 @@ class Standin:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         delay = 0.05 if "#slow" in text else 0.0
+        kwargs = body.get("chat_template_kwargs") or {}
+        thinking = kwargs.get("thinking", True)
+        continuing = bool(body.get("continue_final_message")) and last.get("role") == "assistant"
+        if continuing:
+            # The answer continues the final assistant message: the words it echoes are the
+            # last user message's; whether its output is reasoning is the engine's rule.
+            text = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+            if self.engine == "sglang":  # its detector is told the previous content
+                thinking = thinking and "</think>" not in text_of(last)
+            last = {"role": "user", "content": text}
+        prompt = sum(words(text_of(m)) + 1 for m in messages)
+        if (
+            continuing
+            and self.engine == "vllm"
+            and (kwargs.get("thinking", True) or kwargs.get("preserve_thinking"))
+        ):
+            prompt += words(str(last_reasoning(messages)))  # rendered by the chat template
+        running = (body.get("stream_options") or {}).get("continuous_usage_stats", False)
+        emitted = 0
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None = None, tokens: int = 0) -> str:
+            nonlocal emitted
+            emitted += tokens
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            data = {
+            data: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": MODEL,
                 "choices": [choice],
             }
+            if running:  # vLLM: `include_continuous_usage` puts UsageInfo in each chunk
+                data["usage"] = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": emitted,
+                    "total_tokens": prompt + emitted,
+                }
             return f"data: {json.dumps(data)}\n\n"
 
         produced = 0
         yield chunk({"role": "assistant", "content": ""})
-        thinking = (body.get("chat_template_kwargs") or {}).get("thinking", True)
         reasoning_tokens = 0
         if thinking:
-            for piece in ["The user", " asks;", " answer briefly."]:
+            long = next((w for w in text.split() if w.startswith("#reason-")), None)
+            count = int(long.removeprefix("#reason-")) if long else 3
+            pieces = (
+                ["The user", " asks;", " answer briefly."]
+                if long is None
+                else [f"{'' if i == 0 else ' '}step{i}" for i in range(count)]
+            )
+            for piece in pieces:
                 await asyncio.sleep(delay)
-                yield chunk({self.reasoning_field: piece})
+                yield chunk({self.reasoning_field: piece}, tokens=1)
                 reasoning_tokens += 1
         tools = body.get("tools") or []
         finish = "stop"
@@ -173,11 +222,12 @@ class Standin:
                             "function": {"name": name, "arguments": ""},
                         }
                     ]
-                }
+                },
+                tokens=2,
             )
             for part in args:
                 await asyncio.sleep(delay)
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, tokens=2)
             produced += 6
             finish = "tool_calls"
         elif tools and last.get("role") == "tool":
@@ -196,7 +246,8 @@ class Standin:
                             "function": {"name": name, "arguments": args},
                         }
                     ]
-                }
+                },
+                tokens=6,
             )
             produced += 6
             finish = "tool_calls"
@@ -206,10 +257,9 @@ class Standin:
                     await asyncio.sleep(0.05)  # what came before it reaches the client first
                     os._exit(1)  # the replica dies mid-stream, as a crashed engine process does
                 await asyncio.sleep(delay)
-                yield chunk({"content": ("" if i == 0 else " ") + word})
+                yield chunk({"content": ("" if i == 0 else " ") + word}, tokens=1)
                 produced += 1
         yield chunk({"content": ""}, finish)
-        prompt = sum(words(text_of(m)) + 1 for m in messages)
         first = text_of(messages[0]) if messages else ""
         prefix = (str(body.get("cache_salt") or ""), first)
         cached = words(first) + 1 if prefix in self.seen_prefixes else 0
@@ -233,13 +283,20 @@ class Standin:
         yield "data: [DONE]\n\n"
 
 
+def last_reasoning(messages: list[dict[str, Any]]) -> str:
+    """The final message's reasoning, under vLLM's name or the older one."""
+    final = messages[-1] if messages else {}
+    return str(final.get("reasoning") or final.get("reasoning_content") or "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="standin")
     parser.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "sglang"])
     args = parser.parse_args()
-    app = Standin(args.name, args.reasoning_field).app()
+    app = Standin(args.name, args.reasoning_field, args.engine).app()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

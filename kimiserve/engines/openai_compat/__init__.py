@@ -4,6 +4,7 @@ llama.cpp's llama-server, another kimiserve, hosted providers (Moonshot, reselle
 - `config`   one upstream's settings (URL, key variable, dialect, limits)
 - `wire`     GenerationRequest → request body, the Kimi dialect and tool-call id normalisation
 - `stream`   SSE chunks → events (reasoning under either name, tool-call deltas, usage)
+- `budget`   a thinking level's reasoning budget enforced over the wire (vLLM, SGLang)
 - `tools`    tool-call argument validation against the declared schema
 - `errors`   aiohttp failures and upstream error bodies → the kimiserve exception tree
 - `engine`   UpstreamEngine: one upstream, one pooled aiohttp session

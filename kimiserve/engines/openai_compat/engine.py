@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -33,11 +33,11 @@ from kimiserve.domain.types import (
     Usage,
 )
 from kimiserve.engines.base import Capabilities, Health
-from kimiserve.engines.openai_compat import errors, tools
+from kimiserve.engines.openai_compat import budget, errors, tools
 from kimiserve.engines.openai_compat.config import UpstreamConfig
 from kimiserve.engines.openai_compat.stream import ChunkReader, sse_data
 from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
-from kimiserve.errors import EngineError, UnsupportedFeature
+from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ REASK = (
 )
 
 
+_THINKING: dict[str, Literal["native", "none"]] = {"moonshot": "native", "openai": "none"}
+
+
 class UpstreamEngine:
     def __init__(
         self, config: UpstreamConfig, *, api_key: str | None = None, name: str | None = None
@@ -57,7 +60,8 @@ class UpstreamEngine:
         self.name = name or f"upstream:{config.label}"
         self.capabilities = Capabilities(
             context_length=config.context_length,
-            thinking="native" if config.dialect != "openai" else "none",
+            # vllm/sglang: levels' budgets enforced by kimiserve (budget.py); moonshot: on/off only.
+            thinking="budgeted" if config.dialect in budget.FORCED else _THINKING[config.dialect],
             tools="native",
             vision=config.vision,
             max_concurrency=config.max_concurrency,
@@ -103,11 +107,17 @@ class UpstreamEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         await self.check(request)
         body, ids = build_body(request, self.config)
-        first = ChunkReader()
-        async for event in self._stream(body, first):
-            yield event
+        limit = budget.reasoning_budget(request, self.config.dialect)
+        forcing = budget.Forcing(limit or 0, self.config.dialect, request.sampling.max_tokens)
+        if limit is None:
+            async for event in self._stream(body, forcing.first):
+                yield event
+        else:
+            async for event in self._within_budget(budget.with_running_usage(body), forcing):
+                yield event
+        first = forcing.answer
         calls = self._client_ids(first.tool_calls(), ids)
-        usage = first.usage or Usage(0, first.produced)
+        usage = forcing.usage()
         bad = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
         if bad:
             log.warning(
@@ -134,6 +144,38 @@ class UpstreamEngine:
             yield ToolCallEvent(call)
         yield usage
         yield Finished("tool_calls" if calls else first.finish_reason())
+
+    async def _within_budget(
+        self, body: dict[str, Any], forcing: budget.Forcing
+    ) -> AsyncGenerator[Event, None]:
+        """The first stream until its reasoning reaches the budget (then closed, which cancels it
+        upstream), and the continuation that answers after the reasoning so far (budget.py)."""
+        async with contextlib.aclosing(self._stream(body, forcing.first)) as events:
+            async for event in events:
+                yield event
+                if forcing.reached(event):
+                    break
+        if not forcing.cut:
+            return
+        log.info(
+            "upstream %s: reasoning cut at %d tokens (budget %d)",
+            self.config.label,
+            forcing.spent,
+            forcing.budget,
+        )
+        continuation = forcing.continuation(body)
+        if continuation is None or forcing.second is None:
+            return
+        try:
+            async for event in self._stream(continuation, forcing.second):
+                yield event
+        except InvalidRequest as exc:  # kimiserve's continuation refused, not the client's request
+            error = EngineError(
+                f"The upstream {self.config.label} refused to continue after the reasoning "
+                f"budget (does it take continue_final_message?): {exc.message}"
+            )
+            error.settles_delivered = True  # the reasoning reached the client
+            raise error from None
 
     async def _stream(self, body: dict[str, Any], reader: ChunkReader) -> AsyncGenerator[Event, None]:
         """POST one streamed request; yield its text and reasoning, leave the rest in `reader`."""

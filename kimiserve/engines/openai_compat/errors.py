@@ -4,6 +4,9 @@
     UpstreamTimeout     (EngineError, 504)         connect/read timeout (code timeoutProvider)
     UpstreamBroken      (EngineError, 502)         the stream died or broke the protocol mid-way
 
+`settles_delivered` (UpstreamBroken; UpstreamTimeout raised mid-stream): the pipeline charges a
+streamed generation for the tokens it delivered before the failure (domain/pipeline.py).
+
 `replica_fault` marks the errors a pool ejects a replica for (and retries elsewhere when nothing
 was delivered yet). An upstream 4xx is the request's fault: an `InvalidRequest` naming the
 parameter the upstream named.
@@ -40,6 +43,7 @@ class UpstreamBroken(EngineError):
     code = "inferenceError"
     status = 502
     replica_fault = True
+    settles_delivered = True  # raised once the stream has started: what it delivered is charged
 
 
 def is_replica_fault(exc: BaseException) -> bool:
@@ -51,7 +55,9 @@ def from_transport(exc: aiohttp.ClientError | TimeoutError, label: str, *, strea
     failure and the upstream's URL are, never its key)."""
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "respond"
-        return UpstreamTimeout(f"The upstream {label} did not {what} in time.")
+        timeout = UpstreamTimeout(f"The upstream {label} did not {what} in time.")
+        timeout.settles_delivered = streaming  # a stream that stalled after it started
+        return timeout
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(f"The upstream {label} refused the connection.")
     if streaming:

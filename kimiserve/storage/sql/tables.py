@@ -74,7 +74,7 @@ usage_records = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("cost_micros", sa.BigInteger, nullable=False),
     sa.Column("key_id", sa.String(32), nullable=True),
-    sa.Column("outcome", sa.String(20), nullable=False),  # completed | disconnected
+    sa.Column("outcome", sa.String(20), nullable=False),  # completed | disconnected | interrupted
     sa.Column("ttft_ms", sa.Integer, nullable=True),  # 004: time to first token
     sa.Column("decode_ms", sa.Integer, nullable=True),  # 004: first token to the end
 )

@@ -1,4 +1,4 @@
-"""One real kimiserve process whose Kimi model is the stand-in vLLM (tools and thinking native)."""
+"""One real kimiserve process whose Kimi model is the stand-in vLLM (tools native, thinking budgeted)."""
 
 from __future__ import annotations
 

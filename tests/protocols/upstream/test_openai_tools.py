@@ -1,5 +1,5 @@
 """Tools and thinking through the official openai SDK, via a real kimiserve in front of the
-stand-in vLLM (`tests/standin/`), whose engine has `tools="native"`, `thinking="native"`."""
+stand-in vLLM (`tests/standin/`), whose engine has `tools="native"`, `thinking="budgeted"`."""
 
 from __future__ import annotations
 
