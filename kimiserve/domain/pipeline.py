@@ -376,6 +376,8 @@ class Admission:
 
     async def run_all(self) -> list[GenerationResult]:
         """Run every generation together; if one fails the others are cancelled and it is raised."""
+        if len(self.generations) == 1:
+            return [await self.run(0)]  # no task group for the usual one
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.run(i)) for i in range(len(self.generations))]

@@ -56,6 +56,16 @@ class Drain:
         self._holds = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._ended: asyncio.Future[None] | None = None  # one future for every request to wait on
+
+    def ended(self) -> asyncio.Future[None]:
+        """A future done once `ending` is set: one for all requests (a waiter task per request
+        would cost every request a task)."""
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+            if self.ending.is_set():
+                self._ended.set_result(None)
+        return self._ended
 
     def hold(self) -> None:
         """Until the matching `release`, shutdown waits (up to its grace period) for this work."""
@@ -87,6 +97,8 @@ class Drain:
         if self._holds:
             log.warning("shutdown: ending %d request(s) and socket(s) still open", self._holds)
         self.ending.set()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.end_s)
 
@@ -103,11 +115,7 @@ async def until_ending(drain: Drain | None, work: asyncio.Future[Any]) -> bool:
         return True
     if drain.ending.is_set():
         return work.done()
-    ending = asyncio.ensure_future(drain.ending.wait())
-    try:
-        await asyncio.wait({work, ending}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ending.cancel()
+    await asyncio.wait({work, drain.ended()}, return_when=asyncio.FIRST_COMPLETED)
     return work.done()
 
 

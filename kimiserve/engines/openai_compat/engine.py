@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 
 from kimiserve.domain.types import (
     Event,
@@ -41,6 +42,7 @@ from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
 log = logging.getLogger(__name__)
 
+JSON = {"Content-Type": "application/json"}
 DRAIN_S = 1.0  # how long the end of a body may take after its `[DONE]`
 
 REASK = (
@@ -182,14 +184,14 @@ class UpstreamEngine:
         label = self.config.label
         started = False
         try:
-            async with self.session.post(self._url, json=body) as response:
+            async with self.session.post(self._url, data=orjson.dumps(body), headers=JSON) as response:
                 if response.status >= 400:
                     raise errors.from_status(response.status, await response.read(), label)
                 started = True
                 raw = response.content.iter_any()
                 async for data in sse_data(raw):
                     try:
-                        chunk = json.loads(data)
+                        chunk = orjson.loads(data)
                     except ValueError:
                         raise errors.UpstreamBroken(
                             f"The upstream {label} sent a chunk that is not JSON."

@@ -31,23 +31,28 @@ class ClientDisconnected(Exception):
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (the body is already read)."""
+    """Await `work` in this task, cancelled if the client disconnects first (the body is already
+    read): one watcher task beside it, not a task for the work too."""
+    this = asyncio.current_task()
+    assert this is not None
+    left = False
 
-    async def disconnected() -> None:
+    async def watch() -> None:
+        nonlocal left
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        left = True
+        this.cancel()
 
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientDisconnected
+        return await work
+    except asyncio.CancelledError:
+        if left and this.uncancel() == 0:  # our own cancellation, not one from outside
+            raise ClientDisconnected from None
+        raise
     finally:
-        for pending in (task, watcher):
-            pending.cancel()
-        await asyncio.gather(task, watcher, return_exceptions=True)
+        watcher.cancel()
 
 
 async def chat_completions(request: Request) -> Response:
