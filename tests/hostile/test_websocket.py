@@ -59,9 +59,12 @@ def test_revoked_key_ends_an_idle_socket(fake_server: ServerProcess, hostile_dir
 
 def test_revoked_key_refuses_the_next_task(tmp_path: Path) -> None:
     """The check before each task, alone: a server of its own whose periodic re-check (1 s on the
-    shared server) cannot end the socket between the revocation and the task."""
+    shared server) cannot end the socket between the revocation and the task, and that keeps no
+    key rows (another process's revocation otherwise applies within KIMISERVE_KEY_CACHE_S, as
+    tests/platform/test_key_cache.py checks)."""
     key = create_key(tmp_path, account="alice", name="revoked-busy")
-    server = ServerProcess(tmp_path, env={"KIMISERVE_ENGINE": "fake", "KIMISERVE_WS_KEY_RECHECK_S": "600"})
+    env = {"KIMISERVE_ENGINE": "fake", "KIMISERVE_WS_KEY_RECHECK_S": "600", "KIMISERVE_KEY_CACHE_S": "0"}
+    server = ServerProcess(tmp_path, env=env)
     server.start()
     try:
         with open_ws(server, key) as ws:

@@ -4,6 +4,7 @@ PostgreSQL (through asyncpg), and SqliteLedgerStore (the embedded default's fast
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -107,3 +108,27 @@ async def test_unmetered_settlement_writes_the_usage_row_only(
     account = await accounts.get_account("acct")
     assert account is not None and account.balance_micros is None
     assert await ledger.entries("acct") == []
+
+
+async def test_sqlite_ledger_waits_for_a_write_lock_held_elsewhere(tmp_path: Path) -> None:
+    """A lone work commits at once on the loop's thread unless SQLite's write lock is held by
+    another connection (here: another process's, as the CLI's would be); then it waits in the
+    queue, on the thread, and still commits once the lock is let go."""
+    path = tmp_path / "ledger.db"
+    db = await open_database(f"sqlite+aiosqlite:///{path}")
+    await SqlAccountStore(db).create_account("acct", "acct", "whsec_x")
+    ledger = SqliteLedgerStore(str(path))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        assert await ledger.top_up("acct", 100, None) == 100  # alone: the inline path
+        other.execute("BEGIN IMMEDIATE")
+        top_up = asyncio.ensure_future(ledger.top_up("acct", 50, None))
+        await asyncio.sleep(0.3)
+        assert not top_up.done()  # neither failed nor committed past the other's lock
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(top_up, 10) == 150
+        assert [e.amount_micros for e in await ledger.entries("acct")] == [100, 50]
+    finally:
+        other.close()
+        await ledger.aclose()
+        await db.dispose()
