@@ -56,16 +56,20 @@ class Drain:
         self._holds = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ended: asyncio.Future[None] | None = None  # one future for every request to wait on
+        self._running: set[asyncio.Task[Any]] = set()  # HTTP requests' tasks, each in its own
+        self._cut: set[asyncio.Task[Any]] = set()  # those the ending cancelled
 
-    def ended(self) -> asyncio.Future[None]:
-        """A future done once `ending` is set: one for all requests (a waiter task per request
-        would cost every request a task)."""
-        if self._ended is None:
-            self._ended = asyncio.get_running_loop().create_future()
-            if self.ending.is_set():
-                self._ended.set_result(None)
-        return self._ended
+    def running(self, task: asyncio.Task[Any]) -> None:
+        """An HTTP request's task, cancelled if it is still running half of `end_s` into ending."""
+        self._running.add(task)
+
+    def done(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        self._cut.discard(task)
+
+    def cut_off(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the ending cancelled this task."""
+        return task in self._cut
 
     def hold(self) -> None:
         """Until the matching `release`, shutdown waits (up to its grace period) for this work."""
@@ -97,26 +101,20 @@ class Drain:
         if self._holds:
             log.warning("shutdown: ending %d request(s) and socket(s) still open", self._holds)
         self.ending.set()
-        if self._ended is not None and not self._ended.done():
-            self._ended.set_result(None)
+        # A stream ends itself with its terminal frame at once; other requests get half of
+        # `end_s` to finish, then are cut off (their middleware answers 503 or ends the body).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.end_s)
+            await asyncio.wait_for(self._idle.wait(), self.end_s / 2)
+        for task in self._running - self._cut:
+            self._cut.add(task)
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.end_s / 2)
 
 
 def current_drain() -> Drain | None:
     """The drain of the server handling the current request (None outside the middleware)."""
     return _current.get()
-
-
-async def until_ending(drain: Drain | None, work: asyncio.Future[Any]) -> bool:
-    """Wait for `work`; False (work left running) if the drain reaches `ending` first."""
-    if drain is None:
-        await asyncio.wait({work})
-        return True
-    if drain.ending.is_set():
-        return work.done()
-    await asyncio.wait({work, drain.ended()}, return_when=asyncio.FIRST_COMPLETED)
-    return work.done()
 
 
 Refusal = Callable[[Scope, BaseException], Response]
@@ -160,23 +158,21 @@ class DrainMiddleware:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        # The request runs in this task (a task of its own per request would cost each one);
+        # the drain's ending cancels it here if it runs past half of `end_s`.
+        this = asyncio.current_task()
+        assert this is not None
         with self.drain.held():
-            work = asyncio.ensure_future(self.app(scope, receive, tracked))
+            self.drain.running(this)
             try:
-                if await until_ending(self.drain, work):
-                    work.result()
-                    return
-                # A stream ends itself with its terminal frame at once; other work is cut off.
-                done, _ = await asyncio.wait({work}, timeout=self.drain.end_s / 2)
-                if done:
-                    work.result()
-                    return
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
+                await self.app(scope, receive, tracked)
+                return
             except asyncio.CancelledError:
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                raise
+                if not self.drain.cut_off(this):
+                    raise  # cancelled from outside (the connection went): not ours to answer
+                this.uncancel()
+            finally:
+                self.drain.done(this)
         if started:  # nothing more can be said in-band: finish the body so the client sees its end
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

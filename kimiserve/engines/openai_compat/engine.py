@@ -207,10 +207,11 @@ class UpstreamEngine:
                 # After `[DONE]` only the end of the body is left (usually already received):
                 # read it, so the connection is reused rather than closed; a body that does not
                 # end soon is dropped with its connection.
-                with contextlib.suppress(TimeoutError, aiohttp.ClientError):
-                    async with asyncio.timeout(DRAIN_S):
-                        async for _ in raw:
-                            pass
+                if not response.content.at_eof():
+                    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                        async with asyncio.timeout(DRAIN_S):
+                            async for _ in raw:
+                                pass
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise errors.from_transport(exc, label, streaming=started) from None
         if reader.finish is None:

@@ -194,6 +194,14 @@ class SqliteLedgerStore:
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[Any] = []
         try:
+            if len(works) == 1:  # alone: its transaction is its own, no savepoint needed
+                try:
+                    outcomes.append(works[0](conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [_Failed(exc)]
+                conn.execute("COMMIT")
+                return outcomes
             for work in works:
                 conn.execute("SAVEPOINT work")
                 try:
