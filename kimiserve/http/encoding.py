@@ -6,6 +6,11 @@ escape that slipped past the input boundary); such code points come out as U+FFF
 pair split across code points is joined), so the output is always valid UTF-8 JSON. Values JSON
 has no form for (NaN, infinities, objects) become null or their `str()`; nesting deeper than
 `MAX_OUTPUT_DEPTH` is cut to null rather than raising RecursionError.
+
+The fast path is orjson, which refuses (rather than writes) everything above except NaN and the
+infinities, which it writes as null too: what it refuses takes the stdlib's path below. Types
+orjson would write and the stdlib would not (dataclasses, datetimes, subclasses) are passed
+through to that path as well, so the output does not depend on which path ran.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import math
 import re
 from typing import Any
 
+import orjson
 from starlette.responses import JSONResponse
+
+_ORJSON = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 MAX_OUTPUT_DEPTH = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -48,6 +56,10 @@ def _plain(value: Any, depth: int = 0) -> Any:
 def dumps(value: Any) -> str:
     """Compact JSON text for `value`; never raises, and the text always encodes as UTF-8."""
     try:
+        return orjson.dumps(value, option=_ORJSON).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         return json.dumps(_plain(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -55,7 +67,10 @@ def dumps(value: Any) -> str:
 
 
 def encode(value: Any) -> bytes:
-    return dumps(value).encode("utf-8")
+    try:
+        return orjson.dumps(value, option=_ORJSON)
+    except (TypeError, orjson.JSONEncodeError):
+        return dumps(value).encode("utf-8")
 
 
 class SafeJSONResponse(JSONResponse):
