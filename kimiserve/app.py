@@ -115,7 +115,12 @@ def create_app(
                 await shared_buffers.aclose()
             await built.aclose()
 
-    all_routes: list[BaseRoute] = [
+    # The inference routes first: the router tries each route's pattern in turn, per request.
+    all_routes: list[BaseRoute] = []
+    all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
+    all_routes += runware_routes()
+    all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
+    all_routes += [
         Route("/health", health, methods=["GET"]),
         Route("/media/{image_uuid}", media, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -123,9 +128,6 @@ def create_app(
         Route("/docs", openapi.docs, methods=["GET"]),
     ]
     all_routes += admin.routes()
-    all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
-    all_routes += runware_routes()
-    all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     all_routes += dashboard.routes()  # /dashboard: pages, static assets, the playground's chat
     app = Starlette(
         routes=all_routes,
