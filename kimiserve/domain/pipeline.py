@@ -14,7 +14,10 @@ Money (the policy, also in the README):
   whose available balance (balance − holds) cannot cover the holds gets `InsufficientCredits`
   (402) before any engine work. Unmetered accounts hold nothing and still record usage and cost.
 - A generation that finishes is settled: its real cost charged, its hold released and its
-  usage row written, in one transaction.
+  usage row written, in one transaction. The charge never exceeds the hold: an engine that
+  reports more than the worst case (an upstream's re-asked tool call, a prompt it counts larger
+  than the pipeline's bound, e.g. images) is charged the hold, so a balance never goes below
+  zero; the usage row keeps the tokens reported, its cost the amount charged.
 - A server-side failure (engine error, crash, shutdown) is never charged: the hold is released.
   One exception: an engine error marked `settles_delivered` (an upstream whose stream died or
   stalled after its first token: `UpstreamBroken`, a mid-stream read timeout) that ends a
@@ -403,6 +406,14 @@ class Admission:
         hold = self.holds[index]
         self.holds[index] = None  # settled (or, if that fails, released) below: never again
         cost = self.model.price.cost(usage) if cost is None else cost
+        if hold is not None and cost > hold.amount_micros:
+            log.warning(
+                "request %s: usage reported beyond its hold (%d > %d micro-USD); charged the hold",
+                self.request_id,
+                cost,
+                hold.amount_micros,
+            )
+            cost = hold.amount_micros
         row = UsageRow(
             account_id=self.principal.account_id,
             key_id=self.principal.key_id,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
+from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess, serve_in_process
 from tests.platform.support import AdminClient, assert_ledger_consistent, text_task
 from tests.serverproc import create_key
@@ -29,11 +30,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
 
 @pytest.fixture
 async def admin(server: InProcess) -> AsyncIterator[AdminClient]:
-    server.engine.delay_s, server.engine.fail_after = 0.0, None
+    server.engine.delay_s, server.engine.fail_after, server.engine.script = 0.0, None, None
     client = AdminClient(server, server.key)
     yield client
     await client.aclose()
-    server.engine.delay_s, server.engine.fail_after = 0.0, None
+    server.engine.delay_s, server.engine.fail_after, server.engine.script = 0.0, None, None
 
 
 async def _post(server: InProcess, key: str, task: dict[str, Any]) -> httpx.Response:
@@ -160,3 +161,22 @@ async def test_unmetered_account_records_usage_and_cost(server: InProcess, admin
     assert account["metered"] is False and account["ledger"] == []
     assert account["usage"]["generations"] == 1 and account["usage"]["cost_micros"] > 0
     assert reply.json()["data"][0]["cost"] == account["usage"]["cost_micros"] / 1_000_000
+
+
+async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admin: AdminClient) -> None:
+    """An engine that reports more than the worst case held (an upstream that re-asked a tool call,
+    or counts the prompt larger than the pipeline's bound) is charged its hold, never more: the
+    balance cannot go below zero."""
+    hold = await _hold_of_one_generation(server, admin, "beyond-hold-probe")
+    key = await admin.account_with_key("beyond-hold", micros=hold)
+    server.engine.script = [
+        [TextDelta("hi"), Usage(prompt_tokens=1_000_000, completion_tokens=1), Finished("stop")]
+    ]
+    task = text_task(8)
+    assert (await _post(server, key, task)).status_code == 200
+    account = await admin.show("beyond-hold")
+    assert account["balance_micros"] == 0 and account["reserved_micros"] == 0
+    [settled] = [e for e in account["ledger"] if e["kind"] == "settlement"]
+    assert settled["amount_micros"] == -hold
+    assert account["usage"]["prompt_tokens"] == 1_000_000 and account["usage"]["cost_micros"] == hold
+    assert_ledger_consistent(account)
