@@ -115,6 +115,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_OUTPUT = (TextDelta, ReasoningDelta, ToolCallEvent)  # the events a round produces
+
 DEFAULT_TOOL_ROUNDS = 8
 # Per message, tokens a chat template may add around the text (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 16
@@ -205,7 +207,7 @@ class Admission:
                 engine_events = self.model.engine.generate(round_request)
                 async with contextlib.aclosing(engine_events) as events:
                     while (event := await self._next(index, events)) is not None:
-                        if isinstance(event, TextDelta | ReasoningDelta | ToolCallEvent):
+                        if isinstance(event, _OUTPUT):
                             produced += 1
                             if first is None:
                                 first = time.monotonic()

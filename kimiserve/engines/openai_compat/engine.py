@@ -36,7 +36,7 @@ from kimiserve.domain.types import (
 from kimiserve.engines.base import Capabilities, Health
 from kimiserve.engines.openai_compat import budget, errors, tools
 from kimiserve.engines.openai_compat.config import UpstreamConfig
-from kimiserve.engines.openai_compat.stream import ChunkReader, sse_data
+from kimiserve.engines.openai_compat.stream import ChunkReader, SseData
 from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
 from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
 
@@ -188,29 +188,34 @@ class UpstreamEngine:
                 if response.status >= 400:
                     raise errors.from_status(response.status, await response.read(), label)
                 started = True
-                raw = response.content.iter_any()
-                async for data in sse_data(raw):
-                    try:
-                        chunk = orjson.loads(data)
-                    except ValueError:
-                        raise errors.UpstreamBroken(
-                            f"The upstream {label} sent a chunk that is not JSON."
-                        ) from None
-                    if not isinstance(chunk, dict):
-                        raise errors.UpstreamBroken(
-                            f"The upstream {label} sent a chunk that is not an object."
-                        )
-                    if "error" in chunk and not chunk.get("choices"):
-                        raise errors.from_stream_error(chunk, label)
-                    for event in reader.feed(chunk):
-                        yield event
+                content = response.content
+                sse = SseData()
+                while not sse.done:
+                    piece = await content.readany()
+                    for data in sse.feed(piece) if piece else sse.end():
+                        try:
+                            chunk = orjson.loads(data)
+                        except ValueError:
+                            raise errors.UpstreamBroken(
+                                f"The upstream {label} sent a chunk that is not JSON."
+                            ) from None
+                        if not isinstance(chunk, dict):
+                            raise errors.UpstreamBroken(
+                                f"The upstream {label} sent a chunk that is not an object."
+                            )
+                        if "error" in chunk and not chunk.get("choices"):
+                            raise errors.from_stream_error(chunk, label)
+                        for event in reader.feed(chunk):
+                            yield event
+                    if not piece:
+                        break  # the body ended (without `[DONE]`: judged below by `finish`)
                 # After `[DONE]` only the end of the body is left (usually already received):
                 # read it, so the connection is reused rather than closed; a body that does not
                 # end soon is dropped with its connection.
-                if not response.content.at_eof():
+                if not content.at_eof():
                     with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                         async with asyncio.timeout(DRAIN_S):
-                            async for _ in raw:
+                            while await content.readany():
                                 pass
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise errors.from_transport(exc, label, streaming=started) from None

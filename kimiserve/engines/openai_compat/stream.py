@@ -10,7 +10,6 @@ can be validated whole before anything of them reaches the client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,28 +32,40 @@ FINISH: dict[str, FinishReason] = {
 }
 
 
-async def sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The `data:` payloads of an SSE body, up to `[DONE]` (comments and other fields skipped).
+class SseData:
+    """The `data:` payloads of an SSE body, fed the bytes as they arrive, up to `[DONE]` (then
+    `done`; comments and other fields skipped).
 
-    Reads raw bytes and splits lines itself (`\n` or `\r\n`, as vLLM, SGLang and llama-server
-    end them): no text decoding or line iterator between the socket and the JSON. Returns at
-    `[DONE]` without closing `body`, so the caller can read the rest of it (the end of the
-    chunked body) and the connection goes back to the pool.
+    Splits lines itself (`\n` or `\r\n`, as vLLM, SGLang and llama-server end them): no text
+    decoding, line iterator or async generator between the socket and the JSON (a stream's
+    chunks mostly arrive one per read, so each layer is paid per token).
     """
-    pending = b""
-    async for piece in body:
-        lines = (pending + piece if pending else piece).split(b"\n")
-        pending = lines.pop()
+
+    def __init__(self) -> None:
+        self.done = False
+        self._pending = b""
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        lines = (self._pending + piece if self._pending else piece).split(b"\n")
+        self._pending = lines.pop()
+        out: list[bytes] = []
         for line in lines:
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
-                return
+                self.done = True
+                return out
             if data:
-                yield data
-    if pending.startswith(b"data:") and (data := pending[5:].strip()) and data != b"[DONE]":
-        yield data  # a last line without its newline
+                out.append(data)
+        return out
+
+    def end(self) -> list[bytes]:
+        """What is left when the body ends without `[DONE]`: a last line without its newline."""
+        pending, self._pending = self._pending, b""
+        if pending.startswith(b"data:") and (data := pending[5:].strip()) and data != b"[DONE]":
+            return [data]
+        return []
 
 
 @dataclass
