@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from kimiserve.platform.api_keys import ApiKeys, Principal
 from kimiserve.platform.error_log import ErrorLog
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.platform.rate_limits import RateLimiter
-from kimiserve.platform.shared_redis import SharedRedis, TaskBus
+from kimiserve.platform.shared_redis import KeyChanges, SharedRedis, TaskBus, publish_key_change
 from kimiserve.settings import Settings
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
@@ -54,20 +55,28 @@ class Platform:
     ledger: SqlLedgerStore | SqliteLedgerStore
     tasks: Tasks
     admin: Admin
+    redis: SharedRedis | None = None  # the CLI's, to announce key changes to the replicas
 
     async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.tasks.aclose()
         if isinstance(self.ledger, SqliteLedgerStore):
             await self.ledger.aclose()
         await self.db.dispose()
 
 
-async def open_platform(settings: Settings) -> Platform:
+async def open_platform(settings: Settings, *, announce_key_changes: bool = False) -> Platform:
+    """The storage-backed services. `announce_key_changes` (the CLI): with Redis, a change to a
+    key or an account made here is announced, so every replica's key cache forgets it at once."""
     url = settings.resolved_database_url()
     db = await open_database(url)
     store = SqlAccountStore(db)
     accounts = Accounts(store)
     keys = ApiKeys(store, cache_s=settings.key_cache_s)
+    redis = SharedRedis(settings.redis_url) if announce_key_changes and settings.redis_url else None
+    if redis is not None:
+        keys.publish = functools.partial(publish_key_change, redis)
     usage = SqlUsageStore(db)
     sqlite_path = db.url.database if db.dialect.name == "sqlite" and db.url.database != ":memory:" else None
     owner = settings.resolved_replica_id()
@@ -84,6 +93,7 @@ async def open_platform(settings: Settings) -> Platform:
         ledger=ledger,
         tasks=Tasks(SqlTaskStore(db, owner, settings.task_lease_s, write_lock)),
         admin=Admin(store, ledger, usage, accounts, keys),
+        redis=redis,
     )
 
 
@@ -101,6 +111,7 @@ class Services:
     ownership: Ownership | None = None  # set once started (issue 13)
     error_log: ErrorLog | None = None  # refused/failed requests per minute, for the dashboard
     shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
+    key_changes: KeyChanges | None = None  # with Redis: key cache invalidations across replicas
 
     @property
     def tasks(self) -> Tasks:
@@ -127,6 +138,8 @@ class Services:
         if self.error_log is not None:
             await self.error_log.aclose()
         await self.platform.aclose()
+        if self.key_changes is not None:
+            await self.key_changes.aclose()
         if self.shared_redis is not None:
             await self.shared_redis.aclose()
         await self.fetcher.aclose()
@@ -246,6 +259,9 @@ async def build_services(settings: Settings) -> Services:
     if shared is not None:  # first, so the tasks recovery ends wake their waiters on other replicas
         platform.tasks.bus = TaskBus(shared)
         await platform.tasks.bus.start()
+        key_changes = KeyChanges(shared, platform.keys)
+        await key_changes.start()
+        platform.keys.publish = key_changes.publish
     await ownership.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
@@ -284,6 +300,8 @@ async def build_services(settings: Settings) -> Services:
     error_log.start()
     services.error_log = error_log
     services.shared_redis = shared
+    if shared is not None:
+        services.key_changes = key_changes
     return services
 
 

@@ -15,7 +15,7 @@ def _limits_text(limits: dict[str, int | None]) -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    platform = await open_platform(settings)
+    platform = await open_platform(settings, announce_key_changes=True)
     admin = platform.admin
     command = args.accounts_command
     try:

@@ -11,7 +11,7 @@ from kimiserve.settings import Settings
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    platform = await open_platform(settings)
+    platform = await open_platform(settings, announce_key_changes=True)
     admin = platform.admin
     try:
         if args.keys_command == "create":

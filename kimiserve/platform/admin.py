@@ -103,13 +103,13 @@ class Admin:
     async def top_up(self, ref: str, amount_micros: int, note: str | None = None) -> dict[str, Any]:
         row = await self.account(ref)
         await self._ledger.top_up(row.id, amount_micros, note)
-        self._keys.forget_account(row.id)  # a first top-up makes the account metered
+        await self._keys.changed_account(row.id)  # a first top-up makes the account metered
         return account_view(await self.account(row.id))
 
     async def set_account_limits(self, ref: str, limits: Limits) -> dict[str, Any]:
         row = await self.account(ref)
         await self._store.set_account_limits(row.id, limits)
-        self._keys.forget_account(row.id)
+        await self._keys.changed_account(row.id)
         return account_view(await self.account(row.id))
 
     async def create_key(
@@ -137,10 +137,10 @@ class Admin:
 
     async def revoke_key(self, key_id: str) -> bool:
         revoked = await self._store.revoke_key(key_id)
-        self._keys.forget_key(key_id)
+        await self._keys.changed_key(key_id)
         return revoked
 
     async def set_key_limits(self, key_id: str, limits: Limits) -> bool:
         changed = await self._store.set_key_limits(key_id, limits)
-        self._keys.forget_key(key_id)
+        await self._keys.changed_key(key_id)
         return changed

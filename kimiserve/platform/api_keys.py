@@ -7,9 +7,10 @@ scopes, an optional model allowlist and rate limits; its account's limits come w
 Authentication is on every request, so a key's row is kept in memory for `cache_s` (1 s by
 default, `KIMISERVE_KEY_CACHE_S`; 0 keeps nothing) after it was read. Every change made through
 `Admin` (revoking, limits, a top-up that makes an account metered) forgets the rows it touches
-in this process at once; a change made by another process (the CLI, another replica) takes
-effect here within `cache_s`. The secret is still hashed and compared on every request: the
-cache holds the row, never a verdict on the key text.
+in this process at once, and, with Redis (`publish`), on every replica; a change made by a
+process that does not publish (a replica without Redis) takes effect within `cache_s`. The
+secret is still hashed and compared on every request: the cache holds the row, never a verdict
+on the key text.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kimiserve.domain.ports import AccountStore, KeyRow, Limits
@@ -92,6 +94,8 @@ class ApiKeys:
         self._store = store
         self._cache_s = cache_s
         self._rows: dict[str, tuple[float, KeyRow]] = {}  # key id → (read at, row), oldest first
+        # Tells the other replicas of a change ("key" or "account", its id): set with Redis.
+        self.publish: Callable[[str, str], Awaitable[None]] | None = None
 
     async def _row(self, key_id: str) -> KeyRow | None:
         now = time.monotonic()
@@ -105,6 +109,18 @@ class ApiKeys:
                 del self._rows[next(iter(self._rows))]
             self._rows[key_id] = (now, row)
         return row
+
+    async def changed_key(self, key_id: str) -> None:
+        """The key was changed here: forget its row here and on every replica."""
+        self.forget_key(key_id)
+        if self.publish is not None:
+            await self.publish("key", key_id)
+
+    async def changed_account(self, account_id: str) -> None:
+        """The account was changed here: forget its keys' rows here and on every replica."""
+        self.forget_account(account_id)
+        if self.publish is not None:
+            await self.publish("account", account_id)
 
     def forget_key(self, key_id: str) -> None:
         """The key changed (revoked, new limits): read it again on its next use."""

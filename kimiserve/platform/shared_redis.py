@@ -1,6 +1,8 @@
 """What replicas share through Redis (`KIMISERVE_REDIS_URL`): one connection pool, used by the
-rate limits (`limits`' Redis storage) and by the task bus that wakes `getResponse` waiters on
-every replica when a task ends anywhere (pub/sub: no polling on the waiting path)."""
+rate limits (`limits`' Redis storage), by the task bus that wakes `getResponse` waiters on
+every replica when a task ends anywhere (pub/sub: no polling on the waiting path), by the
+WebSocket session buffers, and by key changes (a key revoked through one replica is forgotten by
+every replica's key cache at once)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from limits.aio.storage import RedisStorage, Storage
 
+from kimiserve.platform.api_keys import ApiKeys
+
 log = logging.getLogger(__name__)
 
 TASK_ENDED_CHANNEL = "kimiserve:task-ended"
+SESSION_BUFFERED_CHANNEL = "kimiserve:ws-buffered"
+KEY_CHANGED_CHANNEL = "kimiserve:key-changed"
 
 
 class SharedRedis:
@@ -37,20 +43,56 @@ class SharedRedis:
         await self.pool.disconnect()
 
 
-class TaskBus:
-    """'Task X ended' notices across replicas. A waiter registers before it re-reads the task, so a
-    notice published between its read and its wait is not missed."""
+class _Subscriber:
+    """One channel's messages, each handed to `_handle` by a reader task; a failure (a dropped
+    connection, a handler's error) is logged and the reading goes on after 0.5 s."""
+
+    channel = ""
 
     def __init__(self, shared: SharedRedis) -> None:
         self._shared = shared
-        self._waiters: dict[str, set[asyncio.Event]] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._pubsub = self._shared.client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(TASK_ENDED_CHANNEL)
+        await self._pubsub.subscribe(self.channel)
         self._reader = asyncio.create_task(self._read())
+
+    async def _handle(self, data: str) -> None:
+        raise NotImplementedError
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"]
+                await self._handle(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("Redis notice on %s failed; reading on", self.channel, exc_info=True)
+                await asyncio.sleep(0.5)
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+
+class TaskBus(_Subscriber):
+    """'Task X ended' notices across replicas. A waiter registers before it re-reads the task, so a
+    notice published between its read and its wait is not missed."""
+
+    channel = TASK_ENDED_CHANNEL
+
+    def __init__(self, shared: SharedRedis) -> None:
+        super().__init__(shared)
+        self._waiters: dict[str, set[asyncio.Event]] = {}
 
     async def publish(self, task_uuid: str) -> None:
         try:
@@ -71,54 +113,56 @@ class TaskBus:
                 if not events:
                     del self._waiters[task_uuid]
 
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except aioredis.RedisError:
-                log.warning("Redis pub/sub dropped; resubscribing", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            data = message["data"]
-            task_uuid = data.decode() if isinstance(data, bytes) else str(data)
-            for event in self._waiters.get(task_uuid, ()):
-                event.set()
-
-    async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+    async def _handle(self, data: str) -> None:
+        for event in self._waiters.get(data, ()):
+            event.set()
 
 
-SESSION_BUFFERED_CHANNEL = "kimiserve:ws-buffered"
+async def publish_key_change(shared: SharedRedis, what: str, ident: str) -> None:
+    """Announce that a key (`what` "key") or an account's keys ("account") changed."""
+    try:
+        await shared.client.publish(KEY_CHANGED_CHANNEL, f"{what}:{ident}")
+    except aioredis.RedisError:  # the other replicas' rows still expire within the cache time
+        log.warning("could not publish a key change to Redis", exc_info=True)
 
 
-class SessionBuffers:
+class KeyChanges(_Subscriber):
+    """'Key X changed' / 'account Y's keys changed' across replicas, so every replica's key cache
+    (ApiKeys) forgets the rows at once instead of within `KIMISERVE_KEY_CACHE_S`."""
+
+    channel = KEY_CHANGED_CHANNEL
+
+    def __init__(self, shared: SharedRedis, keys: ApiKeys) -> None:
+        super().__init__(shared)
+        self._keys = keys
+
+    async def publish(self, what: str, ident: str) -> None:
+        await publish_key_change(self._shared, what, ident)
+
+    async def _handle(self, data: str) -> None:
+        what, _, ident = data.partition(":")
+        if what == "key":
+            self._keys.forget_key(ident)
+        elif what == "account":
+            self._keys.forget_account(ident)
+
+
+class SessionBuffers(_Subscriber):
     """WebSocket session buffers shared by replicas: a session's account and the replies buffered
     for it while no socket is attached, in Redis with the session's TTL (counted from the last
     socket leaving), so a client resuming its `connectionSessionUUID` on any replica gets them.
     Pushing announces the session on a channel, so the replica it is attached to now takes them."""
 
+    channel = SESSION_BUFFERED_CHANNEL
+
     def __init__(self, shared: SharedRedis) -> None:
+        super().__init__(shared)
         self._client = shared.client
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
         self.on_buffered: Any = None  # async callback(session_id), set by the session registry
 
     @staticmethod
     def _keys(session_id: str) -> tuple[str, str]:
         return f"kimiserve:ws:{session_id}:account", f"kimiserve:ws:{session_id}:buffer"
-
-    async def start(self) -> None:
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(SESSION_BUFFERED_CHANNEL)
-        self._reader = asyncio.create_task(self._read())
 
     async def account_of(self, session_id: str) -> str | None:
         value = await self._client.get(self._keys(session_id)[0])
@@ -159,23 +203,6 @@ class SessionBuffers:
             items, _ = await pipe.execute()
         return [json.loads(item) for item in items]
 
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=None)
-                if message is None or message.get("type") != "message" or self.on_buffered is None:
-                    continue
-                data = message["data"]
-                await self.on_buffered(data.decode() if isinstance(data, bytes) else str(data))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("session buffer notice failed", exc_info=True)
-                await asyncio.sleep(0.5)
-
-    async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+    async def _handle(self, data: str) -> None:
+        if self.on_buffered is not None:
+            await self.on_buffered(data)

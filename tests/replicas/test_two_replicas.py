@@ -26,12 +26,15 @@ from tests.media.stub import Received, Reply, Stub
 from tests.serverproc import ServerProcess, cli
 
 LEASE_S = 2.0
+KEY_CACHE_S = 60.0
 WORDS = " ".join(f"w{i}" for i in range(12))
 
 
 class Pair:
-    def __init__(self, a: ServerProcess, b: ServerProcess, admin_key: str, db_url: str) -> None:
-        self.a, self.b, self.admin_key, self.db_url = a, b, admin_key, db_url
+    def __init__(
+        self, a: ServerProcess, b: ServerProcess, admin_key: str, db_url: str, env: dict[str, str]
+    ) -> None:
+        self.a, self.b, self.admin_key, self.db_url, self.env = a, b, admin_key, db_url, env
 
     async def sql(self, query: str) -> list[tuple[Any, ...]]:
         conn = await asyncpg.connect(self.db_url.replace("+asyncpg", ""))
@@ -54,6 +57,8 @@ def pair(
         "KIMISERVE_TASK_LEASE_S": str(LEASE_S),
         "KIMISERVE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
         "KIMISERVE_WEBHOOK_BACKOFF_BASE_S": "0.2",
+        # Long, so a key change seen at once on the other replica came through Redis.
+        "KIMISERVE_KEY_CACHE_S": str(KEY_CACHE_S),
     }
     a = ServerProcess(tmp_path_factory.mktemp("a"), env={**env, "KIMISERVE_REPLICA_ID": "a"})
     b = ServerProcess(tmp_path_factory.mktemp("b"), env={**env, "KIMISERVE_REPLICA_ID": "b"})
@@ -65,7 +70,7 @@ def pair(
         t.join()
     try:
         out = cli(a.data_dir, "keys", "create", "--name", "admin", "--scopes", "all", env=env)
-        yield Pair(a, b, out.strip().splitlines()[-1], db_url)
+        yield Pair(a, b, out.strip().splitlines()[-1], db_url, env)
     finally:
         a.stop()
         b.stop()
@@ -215,6 +220,32 @@ async def test_another_accounts_socket_cannot_take_the_session(pair: Pair) -> No
     _, other = await account_key(pair)
     async with websockets.connect(pair.b.base_url.replace("http", "ws") + "/v1") as ws:
         assert await _ws_auth(ws, other, session) != session
+
+
+async def _refused_on_both(pair: Pair, key: str, within_s: float) -> None:
+    """Both replicas refuse the key within `within_s` (a Redis notice, not the cache's expiry)."""
+    deadline = time.monotonic() + within_s
+    for replica in (pair.a, pair.b):
+        while (reply := await call(replica, key, [text_task()])).status_code == 200:
+            assert time.monotonic() < deadline, "still accepted: the key change did not arrive"
+            await asyncio.sleep(0.05)
+        assert reply.status_code == 401
+
+
+async def test_a_key_revoked_through_one_replica_is_refused_by_both_at_once(pair: Pair) -> None:
+    _, key = await account_key(pair)
+    for replica in (pair.a, pair.b):  # each keeps the key's row now, for KEY_CACHE_S
+        assert (await call(replica, key, [text_task()])).status_code == 200
+    await admin(pair, "POST", f"/admin/keys/{key.split('-')[1]}/revoke")  # through replica A
+    await _refused_on_both(pair, key, within_s=3.0)
+
+
+async def test_a_key_revoked_with_the_cli_is_refused_by_both_at_once(pair: Pair) -> None:
+    _, key = await account_key(pair)
+    for replica in (pair.a, pair.b):
+        assert (await call(replica, key, [text_task()])).status_code == 200
+    await asyncio.to_thread(cli, pair.a.data_dir, "keys", "revoke", key.split("-")[1], env=pair.env)
+    await _refused_on_both(pair, key, within_s=3.0)
 
 
 async def test_sigkill_a_ends_its_tasks_once_the_lease_expires_and_spares_b(pair: Pair) -> None:
