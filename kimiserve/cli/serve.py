@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 
@@ -33,6 +34,21 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# Young-generation collections every 20,000 allocations rather than 700: a request allocates a few
+# thousand objects, almost none in cycles. bench/gateway.py (kimiserve alone): 1259 -> 1415
+# requests/s at concurrency 32, the same p50 at concurrency 1.
+GC_THRESHOLD = (20_000, 10, 10)
+
+
+def ready(settings: Settings, services: Services) -> None:
+    """Started: what was built so far lives as long as the server, so the collector stops
+    scanning it (gc.freeze), and collects the young generation less often."""
+    banner(settings, services)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def banner(settings: Settings, services: Services) -> None:
     base = f"http://{settings.host}:{settings.port}"
     ws = base.replace("http://", "ws://", 1)
@@ -61,7 +77,7 @@ def serve(settings: Settings) -> int:
     )
     # httpx logs every request URL at INFO; webhook URLs may carry secrets.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(settings, on_ready=lambda services: banner(settings, services))
+    app = create_app(settings, on_ready=lambda services: ready(settings, services))
     config = uvicorn.Config(
         app,
         host=settings.host,
