@@ -69,6 +69,11 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metered]:
     standin.stop()
 
 
+def openai_client(metered: Metered) -> AsyncOpenAI:
+    """The OpenAI SDK on the metered account's key, without its retries."""
+    return AsyncOpenAI(base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0)
+
+
 def cost(prompt: int, completion: int) -> int:
     """Micro-USD, rounded half up like `Price.cost` (no cached tokens here)."""
     return (prompt * PRICE[0] + completion * PRICE[1] + 500_000) // 1_000_000
@@ -77,9 +82,7 @@ def cost(prompt: int, completion: int) -> int:
 async def test_stream_dying_midway_ends_with_an_error_and_charges_what_was_sent(metered: Metered) -> None:
     metered.revive()
     before = metered.account()
-    async with AsyncOpenAI(
-        base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0
-    ) as client:
+    async with openai_client(metered) as client:
         stream = await client.chat.completions.create(
             model="kimi-k2.6",
             messages=[{"role": "user", "content": "one two three #die four"}],
@@ -109,9 +112,7 @@ async def test_stream_dying_midway_ends_with_an_error_and_charges_what_was_sent(
 async def test_death_before_the_first_token_is_free(metered: Metered) -> None:
     metered.revive()
     before = metered.account()
-    async with AsyncOpenAI(
-        base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0
-    ) as client:
+    async with openai_client(metered) as client:
         with pytest.raises(openai.APIError):
             stream = await client.chat.completions.create(
                 model="kimi-k2.6",
@@ -131,9 +132,7 @@ async def test_death_before_the_first_token_is_free(metered: Metered) -> None:
 async def test_unstreamed_request_dying_midway_is_free(metered: Metered) -> None:
     metered.revive()
     before = metered.account()
-    async with AsyncOpenAI(
-        base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0
-    ) as client:
+    async with openai_client(metered) as client:
         with pytest.raises(openai.APIError):
             await client.chat.completions.create(
                 model="kimi-k2.6",
@@ -181,9 +180,7 @@ async def test_budget_forced_answer_is_charged_as_one_request_within_its_hold(me
     reasoning plus the answer; never more than the hold taken for it."""
     metered.revive()
     before = metered.account()
-    async with AsyncOpenAI(
-        base_url=f"{metered.server.base_url}/v1", api_key=metered.key, max_retries=0
-    ) as client:
+    async with openai_client(metered) as client:
         reply = await client.chat.completions.create(
             model="kimi-k2.6",
             messages=[{"role": "user", "content": "think then answer #reason-900"}],
