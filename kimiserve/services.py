@@ -256,12 +256,13 @@ async def build_services(settings: Settings) -> Services:
         lambda row: notify_interrupted_webhook(webhooks, row),
     )
     shared = SharedRedis(settings.redis_url) if settings.redis_url else None
+    key_changes: KeyChanges | None = None
     if shared is not None:  # first, so the tasks recovery ends wake their waiters on other replicas
         platform.tasks.bus = TaskBus(shared)
         await platform.tasks.bus.start()
         key_changes = KeyChanges(shared, platform.keys)
         await key_changes.start()
-        platform.keys.publish = key_changes.publish
+        platform.keys.publish = functools.partial(publish_key_change, shared)
     await ownership.recover()
     account = await platform.accounts.get_or_create()
     engine, model_id = build_embedded_engine(settings)
@@ -300,8 +301,7 @@ async def build_services(settings: Settings) -> Services:
     error_log.start()
     services.error_log = error_log
     services.shared_redis = shared
-    if shared is not None:
-        services.key_changes = key_changes
+    services.key_changes = key_changes
     return services
 
 

@@ -30,8 +30,8 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="Seconds an API key's row is kept in memory after it was read (0: none). "
-        "Changes through the admin API, the dashboard or the CLI of this process apply at once; "
-        "another process's (the CLI, another replica) within this time.",
+        "Changes through this server's admin API or dashboard apply at once; with Redis, those "
+        "through another replica or the CLI too; without it, within this time.",
     )
     engine: Literal["llamacpp", "fake"] = Field(
         "llamacpp", description="Embedded engine: llamacpp (real) or fake (scripted, tests only)."

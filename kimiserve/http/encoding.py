@@ -53,12 +53,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return _valid_unicode(str(value))
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text for `value`; never raises, and the text always encodes as UTF-8."""
-    try:
-        return orjson.dumps(value, option=_ORJSON).decode("utf-8")
-    except (TypeError, orjson.JSONEncodeError):
-        pass
+def _stdlib_dumps(value: Any) -> str:
+    """The path for what orjson refuses."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
@@ -66,11 +62,19 @@ def dumps(value: Any) -> str:
     return _valid_unicode(text)
 
 
+def dumps(value: Any) -> str:
+    """Compact JSON text for `value`; never raises, and the text always encodes as UTF-8."""
+    try:
+        return orjson.dumps(value, option=_ORJSON).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        return _stdlib_dumps(value)
+
+
 def encode(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=_ORJSON)
     except (TypeError, orjson.JSONEncodeError):
-        return dumps(value).encode("utf-8")
+        return _stdlib_dumps(value).encode("utf-8")
 
 
 class SafeJSONResponse(JSONResponse):

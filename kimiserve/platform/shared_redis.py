@@ -43,6 +43,14 @@ class SharedRedis:
         await self.pool.disconnect()
 
 
+async def _announce(shared: SharedRedis, channel: str, message: str) -> None:
+    """Publish a notice; a Redis failure is logged, never raised (each notice has a fallback)."""
+    try:
+        await shared.client.publish(channel, message)
+    except aioredis.RedisError:
+        log.warning("could not publish to Redis channel %s", channel, exc_info=True)
+
+
 class _Subscriber:
     """One channel's messages, each handed to `_handle` by a reader task; a failure (a dropped
     connection, a handler's error) is logged and the reading goes on after 0.5 s."""
@@ -95,10 +103,8 @@ class TaskBus(_Subscriber):
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
     async def publish(self, task_uuid: str) -> None:
-        try:
-            await self._shared.client.publish(TASK_ENDED_CHANNEL, task_uuid)
-        except aioredis.RedisError:  # waiters elsewhere still see the row when their wait ends
-            log.warning("could not publish a task's end to Redis", exc_info=True)
+        # Lost, waiters elsewhere still see the row when their wait ends.
+        await _announce(self._shared, TASK_ENDED_CHANNEL, task_uuid)
 
     @contextlib.contextmanager
     def waiting(self, task_uuid: str) -> Iterator[asyncio.Event]:
@@ -119,11 +125,9 @@ class TaskBus(_Subscriber):
 
 
 async def publish_key_change(shared: SharedRedis, what: str, ident: str) -> None:
-    """Announce that a key (`what` "key") or an account's keys ("account") changed."""
-    try:
-        await shared.client.publish(KEY_CHANGED_CHANNEL, f"{what}:{ident}")
-    except aioredis.RedisError:  # the other replicas' rows still expire within the cache time
-        log.warning("could not publish a key change to Redis", exc_info=True)
+    """Announce that a key (`what` "key") or an account's keys ("account") changed. Lost, the
+    other replicas' rows still expire within the cache time."""
+    await _announce(shared, KEY_CHANGED_CHANNEL, f"{what}:{ident}")
 
 
 class KeyChanges(_Subscriber):
@@ -135,9 +139,6 @@ class KeyChanges(_Subscriber):
     def __init__(self, shared: SharedRedis, keys: ApiKeys) -> None:
         super().__init__(shared)
         self._keys = keys
-
-    async def publish(self, what: str, ident: str) -> None:
-        await publish_key_change(self._shared, what, ident)
 
     async def _handle(self, data: str) -> None:
         what, _, ident = data.partition(":")

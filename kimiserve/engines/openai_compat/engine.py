@@ -6,9 +6,9 @@ as the request's cancellation. One pooled aiohttp session per upstream: keep-ali
 `max_concurrency` connections, connect and read (between chunks) timeouts.
 
 Why aiohttp and not httpx (which kimiserve uses elsewhere): this client is the gateway's hot path,
-and httpx cost 1.1 ms of CPU per streamed request alone and 2.2 ms at 32 concurrent (its pool
-polls every idle connection's socket on each request), aiohttp 0.33 and 0.15 ms
-(`bench/upstream_client.py`).
+and a streamed request through httpx took 0.94 ms alone and 1.4 ms at 32 concurrent (its pool
+polls every idle connection's socket on each request), through aiohttp 0.31 and 0.14 ms
+(`bench/upstream_client.py`, bench/RESULTS.md).
 """
 
 from __future__ import annotations
