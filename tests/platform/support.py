@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.inprocess import InProcess
+from tests.inprocess import InProcess, serve_in_process
+from tests.serverproc import create_key
+
+
+@contextmanager
+def serving_with_admin_key(data_dir: Path, **settings: object) -> Iterator[InProcess]:
+    """An in-process server (serve_in_process) whose `key` is an all-scopes key of the default
+    account, for an AdminClient."""
+    key = create_key(data_dir, "default", "admin", "--scopes", "all")
+    with serve_in_process(data_dir, **settings) as running:
+        running.key = key
+        yield running
+
+
+async def runware(server: InProcess, key: str, task: dict[str, Any]) -> httpx.Response:
+    """One task posted to the Runware API with `key`."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.post(
+            f"{server.base_url}/v1", json=[task], headers={"Authorization": f"Bearer {key}"}
+        )
 
 
 class AdminClient:

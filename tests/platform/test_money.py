@@ -14,17 +14,14 @@ import pytest
 from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
-from tests.inprocess import InProcess, serve_in_process
-from tests.platform.support import AdminClient, assert_ledger_consistent, text_task
-from tests.serverproc import create_key
+from tests.inprocess import InProcess
+from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     data_dir: Path = tmp_path_factory.mktemp("money")
-    key = create_key(data_dir, "default", "admin", "--scopes", "all")
-    with serve_in_process(data_dir) as running:
-        running.key = key
+    with serving_with_admin_key(data_dir) as running:
         yield running
 
 

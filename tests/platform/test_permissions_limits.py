@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.inprocess import InProcess, serve_in_process
-from tests.platform.support import AdminClient, text_task
+from tests.platform.support import AdminClient, runware, serving_with_admin_key, text_task
 from tests.serverproc import create_key
 
 WINDOW_S = 2  # the per-minute windows, shortened so a test can wait one out
@@ -21,9 +21,7 @@ WINDOW_S = 2  # the per-minute windows, shortened so a test can wait one out
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     data_dir: Path = tmp_path_factory.mktemp("limits")
-    key = create_key(data_dir, "default", "admin", "--scopes", "all")
-    with serve_in_process(data_dir, rate_limit_window_s=WINDOW_S) as running:
-        running.key = key
+    with serving_with_admin_key(data_dir, rate_limit_window_s=WINDOW_S) as running:
         yield running
 
 
@@ -34,13 +32,6 @@ async def admin(server: InProcess) -> AsyncIterator[AdminClient]:
     yield client
     await client.aclose()
     server.engine.delay_s = 0.0
-
-
-async def runware(server: InProcess, key: str, task: dict[str, Any]) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.post(
-            f"{server.base_url}/v1", json=[task], headers={"Authorization": f"Bearer {key}"}
-        )
 
 
 async def chat(server: InProcess, key: str, model: str = "kimi-k2.6") -> httpx.Response:
