@@ -28,6 +28,7 @@ from kimiserve.tools.errors import ToolFailed
 from kimiserve.tools.search import INDEX_FILE, LocalIndex, SearchHit
 from tests.inprocess import InProcess, serve_in_process
 from tests.platform.support import AdminClient, assert_ledger_consistent
+from tests.protocols.runware.wire import connected_sdk
 from tests.serverproc import create_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -419,13 +420,10 @@ async def test_search_without_a_backend_is_refused_naming_tools(
 
 
 async def test_runware_sdk_gets_the_final_answer(server: InProcess, admin: AdminClient) -> None:
-    runware = pytest.importorskip("runware")
+    pytest.importorskip("runware")
     types = pytest.importorskip("runware.types")
     server.engine.script = [[search()], [TextDelta("They hold hands.")]]
-    port = server.base_url.rsplit(":", 1)[1]
-    sdk = runware.Runware(api_key=server.key, url=f"ws://127.0.0.1:{port}/v1")
-    await sdk.connect()
-    try:
+    async with connected_sdk(server.base_url, server.key) as sdk:
         [result] = await sdk.textInference(
             types.ITextInference(
                 model="moonshotai:kimi@2.6",
@@ -434,8 +432,6 @@ async def test_runware_sdk_gets_the_final_answer(server: InProcess, admin: Admin
                 includeUsage=True,
             )
         )
-    finally:
-        await sdk.disconnect()
     assert result.text == "They hold hands."
     assert len(server.engine.requests) == 2
     assert result.usage.completionTokens == 2

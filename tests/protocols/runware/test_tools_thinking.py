@@ -13,6 +13,7 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from tests.protocols.runware.wire import connected_sdk
 from tests.serverproc import ServerProcess
 
 runware = pytest.importorskip("runware")
@@ -45,11 +46,8 @@ HISTORY: list[dict[str, Any]] = [
 
 @pytest.fixture
 async def sdk(server: ServerProcess, api_key: str) -> AsyncIterator[Any]:
-    port = server.base_url.rsplit(":", 1)[1]
-    client = runware.Runware(api_key=api_key, url=f"ws://127.0.0.1:{port}/v1")
-    await client.connect()
-    yield client
-    await client.disconnect()
+    async with connected_sdk(server.base_url, api_key) as client:
+        yield client
 
 
 def task(**fields: Any) -> dict[str, Any]:

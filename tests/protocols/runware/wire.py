@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -39,3 +41,17 @@ def sse_events(response: httpx.Response) -> list[Any]:
             payload = line[len("data: ") :]
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
+
+
+@asynccontextmanager
+async def connected_sdk(base_url: str, key: str) -> AsyncIterator[Any]:
+    """The official Runware SDK connected over WebSocket to the server at `base_url`."""
+    import runware  # here: the modules using this skip themselves when the SDK is missing
+
+    port = base_url.rsplit(":", 1)[1]
+    client = runware.Runware(api_key=key, url=f"ws://127.0.0.1:{port}/v1")
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()

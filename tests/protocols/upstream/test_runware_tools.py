@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.protocols.runware.wire import connected_sdk
 from tests.protocols.upstream.conftest import WEATHER_SCHEMA, Front
 
 runware = pytest.importorskip("runware")
@@ -23,11 +24,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 
 @pytest.fixture
 async def sdk(kimi: Front) -> AsyncIterator[Any]:
-    port = kimi.server.base_url.rsplit(":", 1)[1]
-    client = runware.Runware(api_key=kimi.key, url=f"ws://127.0.0.1:{port}/v1")
-    await client.connect()
-    yield client
-    await client.disconnect()
+    async with connected_sdk(kimi.server.base_url, kimi.key) as client:
+        yield client
 
 
 def task(**fields: Any) -> dict[str, Any]:
