@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kimiserve.delivery.tasks import TaskDelivery
 from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
+from kimiserve.domain.admission import Admissions
 from kimiserve.domain.inference import Inference
-from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.ports import TaskRow
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.replicas import Ownership
@@ -106,7 +106,7 @@ class Services:
     settings: Settings
     platform: Platform
     registry: ModelRegistry
-    pipeline: Pipeline
+    admissions: Admissions  # capacity, limits and credit: what the front door admits with
     metrics: Metrics
     default_principal: Principal  # used only in open mode
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
@@ -133,7 +133,7 @@ class Services:
 
     def begin_shutdown(self) -> None:
         """Stop admitting: from now on a cancelled generation is a shutdown, never charged."""
-        self.pipeline.shutting_down = True
+        self.admissions.shutting_down = True
         self.platform.tasks.shutting_down = True
 
     async def aclose(self) -> None:
@@ -149,8 +149,8 @@ class Services:
         if self.shared_redis is not None:
             await self.shared_redis.aclose()
         await self.fetcher.aclose()
-        if self.pipeline.tools is not None:
-            await self.pipeline.tools.aclose()
+        if self.admissions.tools is not None:
+            await self.admissions.tools.aclose()
         for engine in self.registry.engines():
             await engine.aclose()
 
@@ -274,7 +274,7 @@ async def build_services(settings: Settings) -> Services:
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
     metrics = Metrics(registry)
-    pipeline = Pipeline(
+    admissions = Admissions(
         registry,
         platform.ledger,
         RateLimiter(
@@ -290,12 +290,12 @@ async def build_services(settings: Settings) -> Services:
     media = MediaStore(
         settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, settings.fetch_max_bytes
     )
-    inference = Inference(pipeline, Resolver(media))
+    inference = Inference(admissions, Resolver(media))
     services = Services(
         settings=settings,
         platform=platform,
         registry=registry,
-        pipeline=pipeline,
+        admissions=admissions,
         metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),
         fetcher=fetcher,

@@ -65,7 +65,7 @@ def serve_in_process(data_dir: Path, **settings: object) -> Iterator[InProcess]:
     built: list[Services] = []
 
     def swap(services: Services) -> None:
-        services.registry = services.pipeline.registry = build_registry(config, engine, "probe")
+        services.registry = services.admissions.registry = build_registry(config, engine, "probe")
         built.append(services)
 
     app = create_app(config, on_ready=swap)

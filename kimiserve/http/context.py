@@ -2,7 +2,7 @@
 
 A structural type: the protocols depend on this, never on the composition root
 (`kimiserve/services.py`), which builds the one object that satisfies it (`Services`). Every
-request goes through `pipeline`; the rest is what rendering and the non-inference tasks need.
+inference request goes through `inference`; the rest is what rendering and the non-inference tasks need.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from kimiserve.delivery.tasks import TaskDelivery
 from kimiserve.domain.inference import Inference
-from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.tasks import Tasks
 from kimiserve.engines.registry import ModelRegistry
@@ -49,8 +48,6 @@ class Context(Protocol):
     def delivery(self) -> TaskDelivery:
         """Sync / async / webhook deliveries of a task (and its record)."""
 
-    @property
-    def pipeline(self) -> Pipeline: ...
     @property
     def tasks(self) -> Tasks: ...
     @property

@@ -2,7 +2,7 @@
 
 Each task succeeds or fails on its own: a handler returns its data items or raises, and the
 caller renders the error for that task alone. Every handler works on the validated, typed
-task; a textInference goes through the one pipeline (`domain/pipeline.py`) and its lifecycle
+task; a textInference goes through the front door (`domain/inference.py`) and its lifecycle
 through `domain/tasks.py`. Deliveries: `sync` answers with the results, `async` with an
 acknowledgement (results via getResponse), and a task with `webhookURL` is acknowledged the
 same way and then POSTs each generation to that URL through the outbox.
