@@ -26,7 +26,7 @@ from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.errors import KimiserveError
 
-Delivery = Literal["sync", "async", "webhook"]
+DeliveryMethod = Literal["sync", "async", "webhook"]
 
 
 class WebhookQueue(Protocol):
@@ -49,7 +49,7 @@ class TaskSpec:
 
     task_uuid: str
     task_type: str
-    delivery: Delivery
+    delivery: DeliveryMethod
     record: dict[str, Any]
     webhook_url: str | None = None
 

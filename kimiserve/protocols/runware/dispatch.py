@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kimiserve.delivery.tasks import Delivery, Render, TaskSpec
+from kimiserve.delivery.tasks import DeliveryMethod, Render, TaskSpec
 from kimiserve.domain.inference import Call
 from kimiserve.domain.principal import Principal, authorize
 from kimiserve.domain.tasks import Tasks, stored_error
@@ -79,7 +79,7 @@ def task_record(task: Task) -> dict[str, Any]:
 
 def task_spec(task: TextInferenceTask) -> TaskSpec:
     """How a textInference task is recorded and delivered."""
-    delivery: Delivery = "webhook" if task.webhookURL is not None else "async"
+    delivery: DeliveryMethod = "webhook" if task.webhookURL is not None else "async"
     if task.webhookURL is None and task.deliveryMethod != "async":
         delivery = "sync"  # "stream" is refused before: it is answered by stream.py
     return TaskSpec(task.taskUUID, "textInference", delivery, task_record(task), webhook_url=task.webhookURL)
