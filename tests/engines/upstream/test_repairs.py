@@ -69,7 +69,7 @@ async def test_empty_answer_on_a_tool_follow_up_is_continued_once_and_charged_as
 ) -> None:
     before = len(standin.stats()["requests"])
     events = await collect(upstream.generate(follow_up("#empty-answer")))
-    first, again = bodies_since(standin, before)
+    _, again = bodies_since(standin, before)
     # The re-ask continues after the reasoning the model wrote, closed (as budget forcing does).
     assert again["continue_final_message"] is True and again["add_generation_prompt"] is False
     final = again["messages"][-1]  # type: ignore[index]
