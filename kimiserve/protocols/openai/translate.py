@@ -126,7 +126,8 @@ def _messages(chat: ChatCompletionRequest) -> list[Message]:
                 ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
                 for c in m.tool_calls or ()
             )
-            out.append(Message(role="assistant", content=text, tool_calls=calls))
+            reasoning = m.reasoning_content or m.reasoning or ""
+            out.append(Message(role="assistant", content=text, tool_calls=calls, reasoning=reasoning))
         else:
             out.append(
                 Message(
@@ -269,6 +270,8 @@ def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
         tools=tools,
         tool_choice=tool_choice,
         prompt_cache_key=chat.prompt_cache_key,
+        # Seed 004: `keep: "all"` preserves earlier turns' reasoning_content; without it, dropped.
+        keep_reasoning=chat.thinking is not None and chat.thinking.keep == "all",
     )
 
 
