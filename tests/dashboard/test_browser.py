@@ -217,7 +217,7 @@ def test_a_post_without_the_csrf_token_is_refused(
     assert response.status == 403
     chat_body = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     response = api.post(f"{dashboard}/api/chat", data=chat_body)
-    assert response.status == 403 and response.json()["error"]["code"] == "csrfFailed"
+    assert response.status == 403 and response.json()["error"]["code"] == "csrf_failed"
     response = api.post(f"{dashboard}/api/tasks", data=[{"taskType": "textInference"}])
     assert response.status == 403 and response.json()["errors"][0]["code"] == "csrfFailed"
     # Signing in is protected too (no session yet: a double-submit token).
