@@ -271,7 +271,7 @@ class Dashboard:
             data=data,
             ranges=list(charts.RANGES),
             errors=errors,
-            stand_ins=[m for m in services.registry.models() if m.stand_in_for],
+            stand_ins=[m for m in services.registry.models() if m.served_by],
         )
 
     async def accounts(self, request: Request, viewer: Viewer, **context: Any) -> Response:
@@ -367,7 +367,7 @@ class Dashboard:
                 "name": m.id,
                 "aliases": [a for a in m.names if a != m.id],
                 "thinking": m.engine.capabilities.thinking,
-                "stand_in_for": m.stand_in_for,
+                "served_by": m.served_by,
                 "price": {
                     "input": m.price.input_micros_per_million,
                     "output": m.price.output_micros_per_million,
@@ -482,7 +482,7 @@ async def _engine_rows(services: Services) -> list[dict[str, Any]]:
             {
                 "id": model.id,
                 "aliases": [a for a in model.names if a != model.id],
-                "stand_in_for": model.stand_in_for,
+                "served_by": model.served_by,
                 "engine": engine.name,
                 "ok": ok,
                 "detail": detail,

@@ -32,8 +32,8 @@ from kimiserve.domain.ports import (
 )
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.results import Accumulator, Generation, GenerationResult, fan_out
+from kimiserve.domain.served import ServedModel, ServedModels
 from kimiserve.domain.types import GenerationRequest, PipelineEvent, ToolSpec
-from kimiserve.engines.registry import ModelRegistry, ServedModel
 from kimiserve.errors import Forbidden, ServiceUnavailable, UnsupportedFeature
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class Admissions:
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: ServedModels,
         ledger: LedgerStore,
         limiter: Limiter,
         accounts: AccountStore,

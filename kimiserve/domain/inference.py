@@ -33,8 +33,8 @@ from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.capabilities import check as check_capabilities
 from kimiserve.domain.principal import Principal, authorize
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import GenerationRequest, PipelineEvent
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import as_kimiserve_error
 
 if TYPE_CHECKING:

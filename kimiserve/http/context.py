@@ -12,8 +12,8 @@ from typing import Any, Protocol
 from kimiserve.delivery.tasks import TaskDelivery
 from kimiserve.domain.inference import Inference
 from kimiserve.domain.principal import Principal
+from kimiserve.domain.served import ServedModels
 from kimiserve.domain.tasks import Tasks
-from kimiserve.engines.registry import ModelRegistry
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.admin import Admin
 from kimiserve.settings import Settings
@@ -51,7 +51,7 @@ class Context(Protocol):
     @property
     def tasks(self) -> Tasks: ...
     @property
-    def registry(self) -> ModelRegistry: ...
+    def registry(self) -> ServedModels: ...
     @property
     def metrics(self) -> RequestCounter: ...
     @property

@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kimiserve.engines.registry import ModelRegistry
+from kimiserve.domain.served import ServedModels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _EngineCollector(Collector):
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ServedModels) -> None:
         self._models = models
 
     def collect(self) -> Iterator[Metric]:
@@ -56,7 +56,7 @@ class _EngineCollector(Collector):
 class Metrics:
     """Implements the pipeline's Observer, and counts requests for the protocols."""
 
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ServedModels) -> None:
         self.registry = CollectorRegistry()
         # Told of every refused or failed request (protocol, code): the dashboard's error counts.
         self.error_sink: Callable[[str, str], None] | None = None

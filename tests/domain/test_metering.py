@@ -13,6 +13,7 @@ from kimiserve.domain.metering import Meter
 from kimiserve.domain.ports import Hold
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.results import Accumulator
+from kimiserve.domain.served import ServedModel, ServedModels
 from kimiserve.domain.types import (
     Charged,
     Event,
@@ -24,7 +25,6 @@ from kimiserve.domain.types import (
     Usage,
 )
 from kimiserve.engines.fake import FakeEngine
-from kimiserve.engines.registry import ModelRegistry, ServedModel
 from kimiserve.errors import EngineError, InsufficientCredits
 from kimiserve.platform.prices import Price
 from kimiserve.platform.rate_limits import RateLimiter
@@ -53,7 +53,7 @@ def request(text: str = "one two three four", max_tokens: int = 100) -> Generati
 
 async def admit(engine: FakeEngine, ledger: MemoryLedger, **kw: Any) -> tuple[Admissions, Admission]:
     model = served(engine)
-    admissions = Admissions(ModelRegistry([model]), ledger, RateLimiter(), NoAccounts())  # type: ignore[arg-type]
+    admissions = Admissions(ServedModels([model]), ledger, RateLimiter(), NoAccounts())  # type: ignore[arg-type]
     admission = await admissions.admit(PAYER, model, kw.pop("req", request()), protocol="test", **kw)
     return admissions, admission
 

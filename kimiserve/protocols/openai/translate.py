@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.inference import Call
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import (
     Constraint,
     GenerationRequest,
@@ -31,7 +32,6 @@ from kimiserve.domain.types import (
     ToolSpec,
     Usage,
 )
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
 from kimiserve.protocols.openai.errors import from_validation
 from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ContentPart, ResponseFormat
@@ -396,10 +396,10 @@ def model_entries(model: ServedModel, created: int) -> list[dict[str, Any]]:
             "root": model.id,
             "max_model_len": model.engine.capabilities.context_length,
         }
-        if model.stand_in_for:
-            entry["stand_in_for"] = model.stand_in_for
+        if model.served_by:
+            entry["stand_in_for"] = model.served_by
             entry["description"] = (
-                f"Local stand-in: requests for {model.id} are answered by {model.stand_in_for}."
+                f"Local stand-in: requests for {model.id} are answered by {model.served_by}."
             )
         out.append(entry)
     return out

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from kimiserve.domain import capabilities
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import Constraint, Message, ToolCall, ToolChoice
 from kimiserve.engines.base import Capabilities
 from kimiserve.engines.fake import FakeEngine
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import (
     EngineError,
     InsufficientCredits,
@@ -25,7 +25,7 @@ from kimiserve.platform.prices import FREE
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
 
-PLAIN = ServedModel(id="kimi-k2.6", aliases=(), engine=FakeEngine(), price=FREE, stand_in_for="tiny")
+PLAIN = ServedModel(id="kimi-k2.6", aliases=(), engine=FakeEngine(), price=FREE, served_by="tiny")
 CAPABLE = ServedModel(
     id="kimi-k2.6",
     aliases=(),
