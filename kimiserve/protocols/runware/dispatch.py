@@ -46,7 +46,7 @@ PROTOCOL = translate.PROTOCOL
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ArrayReply:
     """The reply to a task array: data items, error items, and the HTTP status."""
 
     data: list[dict[str, Any]]
@@ -95,7 +95,7 @@ class Dispatcher:
     def tasks(self) -> Tasks:
         return self._services.tasks
 
-    async def run_array(self, principal: Principal, raw_tasks: list[Any]) -> Outcome:
+    async def run_array(self, principal: Principal, raw_tasks: list[Any]) -> ArrayReply:
         results = await asyncio.gather(
             *(self.run_task(principal, raw) for raw in raw_tasks), return_exceptions=True
         )
@@ -114,7 +114,7 @@ class Dispatcher:
             else:
                 data.extend(result)
         status = 200 if data or not statuses else statuses[0]
-        return Outcome(data, errors, status, retry_after)
+        return ArrayReply(data, errors, status, retry_after)
 
     async def run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
         """One task of an array, counted in the metrics by its outcome."""
