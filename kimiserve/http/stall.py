@@ -11,8 +11,9 @@ long as the client does not read, even after the engine has finished producing.
 with `close_on_cut` (every SSE stream: `http.sse.with_keepalive`) are closed there and then, as
 when a client leaves, so their generations are charged for what they produced (usage rows
 `disconnected`) and their permits and places are freed; and the next `receive` (the one
-Starlette's `StreamingResponse` waits on) answers `http.disconnect`, which ends the response. What was not sent is dropped; uvicorn then closes the connection (it logs
-that the response was not completed). A response sent in one body message is never timed: it
+Starlette's `StreamingResponse` waits on) answers `http.disconnect`, which ends the
+response. What was not sent is dropped; uvicorn then closes the connection (it logs that the
+response was not completed). A response sent in one body message is never timed: it
 cannot wait on a client that has read nothing of it yet.
 """
 

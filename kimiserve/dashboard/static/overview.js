@@ -14,7 +14,8 @@
   function ticks(unit) {
     const prefix = unit === "USD" ? "$" : "";
     return (u, splits, axis, space, incr) => {
-      const decimals = incr > 0 && incr < 1 ? Math.min(10, Math.ceil(-Math.log10(incr) - 1e-9)) : 0;
+      let decimals = 0; // the step's own decimals: 0.25 needs 2, 0.00005 needs 5
+      while (decimals < 10 && Math.abs(incr * 10 ** decimals - Math.round(incr * 10 ** decimals)) > 1e-6) decimals++;
       const format = { minimumFractionDigits: decimals, maximumFractionDigits: decimals };
       return splits.map((v) => (v == null ? "" : prefix + v.toLocaleString("en-US", format)));
     };
