@@ -81,7 +81,7 @@ def serve_in_process(
     built: list[Services] = []
 
     def swap(services: Services) -> None:
-        services.registry = services.pipeline.registry = build_registry(config, engine, "probe")
+        services.registry = services.admissions.registry = build_registry(config, engine, "probe")
         built.append(services)
 
     app = create_app(config, on_ready=swap)

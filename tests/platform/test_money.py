@@ -114,7 +114,7 @@ async def test_failure_between_engine_and_settlement_charges_nothing(
     server: InProcess, admin: AdminClient
 ) -> None:
     key = await admin.account_with_key("settle-fails", micros=5_000_000)
-    pipeline = server.services.pipeline
+    pipeline = server.services.admissions
     real = pipeline.settle_hook
 
     async def broken(hold: Any, usage: Any) -> None:
