@@ -105,8 +105,11 @@ class _Pump(Generic[T]):
         await self._source.aclose()  # type: ignore[attr-defined]
 
 
-async def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
-    """Yield the source's frames, and a comment line whenever it is silent for `interval_s`.
+async def with_keepalive(
+    source: AsyncIterator[bytes], interval_s: float, keepalive: bytes = KEEPALIVE
+) -> AsyncIterator[bytes]:
+    """Yield the source's frames, and `keepalive` (a comment line unless the protocol has its own,
+    Anthropic's `ping` event) whenever it is silent for `interval_s`.
 
     One reader task and one timer per stream (re-armed when it fires, not per frame).
     Closing this generator closes the source (so a client disconnect cancels generation).
@@ -141,7 +144,7 @@ async def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> Asy
             elif due:
                 due = False
                 last = loop.time()
-                yield KEEPALIVE
+                yield keepalive
     finally:
         timer.cancel()
         await pump.aclose()
