@@ -71,7 +71,7 @@ from kimiserve.domain.types import (
     ReasoningDelta,
     TextDelta,
     Usage,
-    reasoning_budget,
+    reasoning_budget as request_budget,
 )
 from kimiserve.engines.openai_compat.config import Dialect
 from kimiserve.engines.openai_compat.stream import ChunkReader
@@ -84,7 +84,7 @@ def reasoning_budget(request: GenerationRequest, dialect: Dialect) -> int | None
     """The reasoning tokens the request may use, when kimiserve enforces them; None otherwise."""
     if dialect not in FORCED or request.thinking == "none":
         return None
-    return reasoning_budget(request)
+    return request_budget(request)
 
 
 def with_running_usage(body: dict[str, Any]) -> dict[str, Any]:
