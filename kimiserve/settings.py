@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     model_map: dict[str, str] = Field(
         default_factory=lambda: {"claude-*": "kimi-k2.6"},
         description="Anthropic Messages API: model names that are not served, as shell-style globs, "
-        "mapped to a served model name (JSON, e.g. {\"claude-*\": \"kimi-k2.6\"}), so agents that "
+        'mapped to a served model name (JSON, e.g. {"claude-*": "kimi-k2.6"}), so agents that '
         "send their own default names (Claude Code) work without flags. Served names always win; "
         "the first matching glob is used; {} turns it off.",
     )

@@ -147,7 +147,8 @@ class Inference:
 
         Media is not fetched (images count as the engine counts their references). An engine
         that cannot count (an upstream pool) gets an estimate: UTF-8 bytes / 4 over the text,
-        calls and tools, plus a few tokens per message for the template's role markers — not the admission's upper bound,
+        calls and tools, plus a few tokens per message for the template's role markers — not the
+        admission's upper bound,
         which is what a hold needs but would tell an agent its context is four times fuller.
         """
         authorize(principal, "inference")

@@ -33,7 +33,9 @@ FIELDS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-def assert_refused(seen: Seen, where: str | None, status: int = 400, kind: str = "invalid_request_error") -> None:
+def assert_refused(
+    seen: Seen, where: str | None, status: int = 400, kind: str = "invalid_request_error"
+) -> None:
     assert seen.status == status, seen
     [body] = seen.frames
     assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
@@ -47,7 +49,13 @@ def assert_refused(seen: Seen, where: str | None, status: int = 400, kind: str =
 @pytest.mark.parametrize("escape", [SURROGATE, NUL], ids=["surrogate", "nul"])
 @pytest.mark.parametrize(("name", "body", "where"), FIELDS, ids=[f[0] for f in FIELDS])
 def test_bad_text_in_every_string_field(
-    fake_server: ServerProcess, keys: dict[str, str], stream: bool, escape: str, name: str, body: Any, where: str
+    fake_server: ServerProcess,
+    keys: dict[str, str],
+    stream: bool,
+    escape: str,
+    name: str,
+    body: Any,
+    where: str,
 ) -> None:
     text = json.dumps({**body, "stream": stream}).replace(BAD, escape)
     assert_refused(post(fake_server.base_url, "/v1/messages", text, keys["alice"]), where)
@@ -56,7 +64,13 @@ def test_bad_text_in_every_string_field(
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("name", "body", "status", "code"), RAW_BODIES, ids=[b[0] for b in RAW_BODIES])
 def test_raw_bodies(
-    fake_server: ServerProcess, keys: dict[str, str], path: str, name: str, body: bytes, status: int, code: str
+    fake_server: ServerProcess,
+    keys: dict[str, str],
+    path: str,
+    name: str,
+    body: bytes,
+    status: int,
+    code: str,
 ) -> None:
     kind = "request_too_large" if status == 413 else "invalid_request_error"
     assert_refused(post(fake_server.base_url, path, body, keys["alice"]), None, status, kind)
@@ -84,7 +98,9 @@ BOUNDS: list[tuple[str, Any, bool]] = [
 def test_numbers_at_and_past_bounds(
     fake_server: ServerProcess, keys: dict[str, str], stream: bool, field: str, value: Any, valid: bool
 ) -> None:
-    seen = post(fake_server.base_url, "/v1/messages", json.dumps(ask(**{field: value}, stream=stream)), keys["alice"])
+    seen = post(
+        fake_server.base_url, "/v1/messages", json.dumps(ask(**{field: value}, stream=stream)), keys["alice"]
+    )
     if not valid:
         assert_refused(seen, field)
     elif stream:
@@ -97,5 +113,9 @@ def test_numbers_at_and_past_bounds(
 def test_scopes_and_keys(fake_server: ServerProcess, hostile_dir: Path, path: str) -> None:
     reader = create_key(hostile_dir, "alice", "reader", "--scopes", "tasks:read")
     assert_refused(post(fake_server.base_url, path, json.dumps(ask()), reader), None, 403, "permission_error")
-    assert_refused(post(fake_server.base_url, path, json.dumps(ask()), "sk-nope"), None, 401, "authentication_error")
-    assert_refused(post(fake_server.base_url, path, json.dumps(ask()), None), None, 401, "authentication_error")
+    assert_refused(
+        post(fake_server.base_url, path, json.dumps(ask()), "sk-nope"), None, 401, "authentication_error"
+    )
+    assert_refused(
+        post(fake_server.base_url, path, json.dumps(ask()), None), None, 401, "authentication_error"
+    )

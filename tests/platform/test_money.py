@@ -16,8 +16,8 @@ from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess
-from tests.protocols.openai.support import usage_rows
 from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
+from tests.protocols.openai.support import usage_rows
 
 
 @pytest.fixture(scope="module")

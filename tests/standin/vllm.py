@@ -214,7 +214,9 @@ class Standin:
             name, arguments = scripted
             index = sum(len(m.get("tool_calls") or []) for m in messages)
             call = {"id": f"functions.{name}:{index}", "type": "function", "index": 0}
-            yield chunk({"tool_calls": [{**call, "function": {"name": name, "arguments": arguments}}]}, tokens=6)
+            yield chunk(
+                {"tool_calls": [{**call, "function": {"name": name, "arguments": arguments}}]}, tokens=6
+            )
             produced += 6
             finish = "tool_calls"
         elif tools and last.get("role") == "user":

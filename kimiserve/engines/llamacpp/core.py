@@ -140,7 +140,8 @@ class Core:
 
     def _turn(self, request: GenerationRequest, sampler: SamplerChain, prompt_tokens: int) -> Turn:
         offered = toolcalls.calls_offered(request)
-        # Reasoning gets the request's budget (its level's, or an exact one), but at most half of what the turn can still write
+        # Reasoning gets the request's budget (its level's, or an exact one), but at most half of
+        # what the turn can still write
         # (max_tokens, the context left), so the answer always has room.
         room = self.model.n_ctx_seq - prompt_tokens
         if request.sampling.max_tokens is not None:

@@ -45,7 +45,9 @@ def _source_tag(value: Any) -> str:
 
 
 ImageSource = Annotated[
-    Annotated[Base64Source, Tag("Base64Source")] | Annotated[URLSource, Tag("URLSource")] | Annotated[OtherSource, Tag("OtherSource")],
+    Annotated[Base64Source, Tag("Base64Source")]
+    | Annotated[URLSource, Tag("URLSource")]
+    | Annotated[OtherSource, Tag("OtherSource")],
     Discriminator(_source_tag),
 ]
 

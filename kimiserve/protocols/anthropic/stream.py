@@ -93,13 +93,19 @@ class _Blocks:
             return []
         frames = []
         if self.kind == "thinking":
-            frames.append(self.delta({"type": "signature_delta", "signature": translate.signature(self.thinking)}))
+            frames.append(
+                self.delta({"type": "signature_delta", "signature": translate.signature(self.thinking)})
+            )
             self.thinking = ""
         self.kind = None
         return [*frames, event({"type": "content_block_stop", "index": self.index})]
 
     def reasoning(self, text: str) -> list[bytes]:
-        frames = self.open({"type": "thinking", "thinking": "", "signature": ""}) if self.kind != "thinking" else []
+        frames = (
+            self.open({"type": "thinking", "thinking": "", "signature": ""})
+            if self.kind != "thinking"
+            else []
+        )
         self.thinking += text
         return [*frames, self.delta({"type": "thinking_delta", "thinking": text})]
 
@@ -121,7 +127,7 @@ async def _frames(
     request_id: str,
     outcome: Outcome,
 ) -> AsyncGenerator[bytes, None]:
-    start = {
+    start: dict[str, Any] = {
         "id": message_id,
         "type": "message",
         "role": "assistant",
@@ -149,7 +155,9 @@ async def _frames(
             elif isinstance(item, Finished):
                 frames = blocks.close()
                 delta = {"stop_reason": translate.stop_reason(item.reason), "stop_sequence": None}
-                frames.append(event({"type": "message_delta", "delta": delta, "usage": translate.usage(usage)}))
+                frames.append(
+                    event({"type": "message_delta", "delta": delta, "usage": translate.usage(usage)})
+                )
             for data in frames:
                 yield data
         outcome.status = "success"

@@ -64,7 +64,6 @@ from kimiserve.protocols.anthropic.models import (
     ImageBlock,
     MessageParam,
     MessagesRequest,
-    OtherBlock,
     OtherSource,
     RedactedThinkingBlock,
     TextBlock,
@@ -131,8 +130,7 @@ def _image_ref(block: ImageBlock, where: str) -> str:
         return source.url
     if isinstance(source, OtherSource):
         raise UnsupportedFeature(
-            f"Image sources of type {source.type!r} are not available on this server; "
-            "send base64 or url.",
+            f"Image sources of type {source.type!r} are not available on this server; send base64 or url.",
             parameter=f"{where}.source.type",
         )
     return f"data:{source.media_type};base64,{source.data}"
@@ -196,7 +194,9 @@ def _assistant(conv: _Conversation, content: list[Block], i: int) -> None:
         elif not isinstance(block, RedactedThinkingBlock):
             raise _unsupported(block, f"messages.{i}.content.{j}", "assistant")
     conv.add(
-        Message(role="assistant", content="".join(texts), tool_calls=tuple(calls), reasoning="".join(reasoning))
+        Message(
+            role="assistant", content="".join(texts), tool_calls=tuple(calls), reasoning="".join(reasoning)
+        )
     )
 
 
@@ -207,7 +207,9 @@ def _conversation(wire: CountTokensRequest) -> _Conversation:
         if system:
             conv.add(Message(role="system", content=system))
     for i, m in enumerate(wire.messages):
-        content: list[Block] = [TextBlock(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+        content: list[Block] = (
+            [TextBlock(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+        )
         if m.role == "user":
             _user(conv, content, i)
         else:
@@ -256,7 +258,9 @@ def _tools(wire: CountTokensRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
                 parameter=f"tools.{i}.type",
             )
         if tool.input_schema is None:
-            raise WireParameter(f"tools.{i}.input_schema: Field required", parameter=f"tools.{i}.input_schema")
+            raise WireParameter(
+                f"tools.{i}.input_schema: Field required", parameter=f"tools.{i}.input_schema"
+            )
         specs.append(ToolSpec(tool.name, tool.description, json.dumps(tool.input_schema)))
     choice = wire.tool_choice
     if choice is None:
@@ -340,7 +344,12 @@ def stop_reason(reason: FinishReason) -> str:
 
 def usage(u: Usage | None) -> dict[str, int]:
     if u is None:
-        return {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
     return {
         "input_tokens": max(u.prompt_tokens - u.cached_tokens, 0),
         "output_tokens": u.completion_tokens,
@@ -360,7 +369,9 @@ def tool_input(call: ToolCall) -> Any:
 def message(message_id: str, model: str, result: GenerationResult) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if result.reasoning:
-        content.append({"type": "thinking", "thinking": result.reasoning, "signature": signature(result.reasoning)})
+        content.append(
+            {"type": "thinking", "thinking": result.reasoning, "signature": signature(result.reasoning)}
+        )
     if result.text:
         content.append({"type": "text", "text": result.text})
     for call in result.tool_calls:

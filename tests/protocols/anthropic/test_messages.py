@@ -110,7 +110,11 @@ async def test_tool_round_trip(client: AsyncAnthropic) -> None:
 async def test_named_tool_choice_streams_input_json(client: AsyncAnthropic) -> None:
     deltas: list[str] = []
     async with client.messages.stream(
-        model=MODEL, max_tokens=60, messages=ASK, tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"}
+        model=MODEL,
+        max_tokens=60,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
     ) as stream:
         async for event in stream:
             if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
@@ -128,7 +132,11 @@ async def test_thinking_blocks_and_history(client: AsyncAnthropic) -> None:
     thinking: Any = {"type": "adaptive"}
     effort: Any = {"output_config": {"effort": "low"}}
     reply = await client.messages.create(
-        model=MODEL, max_tokens=24, thinking=thinking, messages=[{"role": "user", "content": "Is 17 prime?"}], extra_body=effort
+        model=MODEL,
+        max_tokens=24,
+        thinking=thinking,
+        messages=[{"role": "user", "content": "Is 17 prime?"}],
+        extra_body=effort,
     )
     assert reply.content[0].type == "thinking", reply.content
     assert reply.content[0].thinking and reply.content[0].signature
@@ -168,14 +176,19 @@ async def test_claude_model_names_map_to_kimi(client: AsyncAnthropic) -> None:
     )
     assert reply.model == "claude-sonnet-4-5" and reply.content
     with pytest.raises(anthropic.NotFoundError) as caught:
-        await client.messages.create(model="gpt-4o", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        await client.messages.create(
+            model="gpt-4o", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+        )
     assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
 async def test_errors_in_anthropic_shape(client: AsyncAnthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as caught:
         await client.messages.create(
-            model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}], extra_body={"temperature": 1.5}
+            model=MODEL,
+            max_tokens=2,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"temperature": 1.5},
         )
     error = caught.value.body["error"]  # type: ignore[index]
     assert error["type"] == "invalid_request_error" and error["message"].startswith("temperature")
@@ -183,7 +196,9 @@ async def test_errors_in_anthropic_shape(client: AsyncAnthropic) -> None:
         await client.messages.create(
             model=MODEL,
             max_tokens=2,
-            messages=[{"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "x"}}]}],  # type: ignore[list-item]
+            messages=[
+                {"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "x"}}]}
+            ],  # type: ignore[list-item]
         )
     assert "messages.0.content.0.type" in caught.value.body["error"]["message"]  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError) as caught:

@@ -22,7 +22,9 @@ def client(kimi: Front) -> AsyncAnthropic:
 async def test_create_and_stream_echo_with_thinking_off(kimi: Front) -> None:
     async with client(kimi) as c:
         reply = await c.messages.create(
-            model="claude-opus-4-1", max_tokens=64, messages=[{"role": "user", "content": "hello upstream world"}]
+            model="claude-opus-4-1",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hello upstream world"}],
         )
         assert [b.type for b in reply.content] == ["text"]
         assert reply.content[0].text == "hello upstream world"  # type: ignore[union-attr]
@@ -31,7 +33,9 @@ async def test_create_and_stream_echo_with_thinking_off(kimi: Front) -> None:
         assert body["chat_template_kwargs"]["thinking"] is False
         assert body["max_tokens"] == 64
         async with c.messages.stream(
-            model=MODEL, max_tokens=64, system=[{"type": "text", "text": "Be kind."}],
+            model=MODEL,
+            max_tokens=64,
+            system=[{"type": "text", "text": "Be kind."}],
             messages=[{"role": "user", "content": "streamed words here"}],
         ) as stream:
             text = "".join([t async for t in stream.text_stream])
@@ -51,7 +55,10 @@ async def test_tool_round_trip(kimi: Front) -> None:
         history: Any = [
             *ask,
             {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}],
+            },
         ]
         await c.messages.create(model=MODEL, max_tokens=64, messages=history, tools=[WEATHER])
     sent = kimi.last_upstream_body()["messages"]
@@ -65,15 +72,17 @@ async def test_tool_round_trip(kimi: Front) -> None:
 async def test_thinking_budget_is_exact_upstream(kimi: Front) -> None:
     """budget_tokens 1030 is no level's budget (medium is 1024, high 4096): the reasoning is cut
     at exactly 1030 tokens, then the continuation answers."""
-    async with client(kimi) as c:
-        async with c.messages.stream(
+    async with (
+        client(kimi) as c,
+        c.messages.stream(
             model=MODEL,
             max_tokens=4000,
             thinking={"type": "enabled", "budget_tokens": 1030},
             messages=[{"role": "user", "content": "think long #reason-1200"}],
-        ) as stream:
-            deltas = [e.delta.type async for e in stream if e.type == "content_block_delta"]
-            final = await stream.get_final_message()
+        ) as stream,
+    ):
+        deltas = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+        final = await stream.get_final_message()
     [thinking, text] = final.content
     assert thinking.type == "thinking" and len(thinking.thinking.split()) == 1030
     assert text.type == "text" and "think long" in text.text

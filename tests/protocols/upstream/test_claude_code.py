@@ -65,7 +65,8 @@ def test_claude_code_runs_the_bash_call_the_model_makes(kimi: Front, tmp_path: P
     assert result["is_error"] is False, result
     assert "ran-by-42" in result["result"]  # the command's output, echoed back by the model
     [after] = [
-        b for b in kimi.standin.stats()["requests"] if b["messages"][-1].get("role") == "tool"
-        and "ran-by-42" in json.dumps(b["messages"][-1])
+        b
+        for b in kimi.standin.stats()["requests"]
+        if b["messages"][-1].get("role") == "tool" and "ran-by-42" in json.dumps(b["messages"][-1])
     ][-1:]
     assert after["messages"][-2]["tool_calls"][0]["function"]["name"] == "Bash"
