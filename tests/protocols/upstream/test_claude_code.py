@@ -59,7 +59,7 @@ def test_claude_code_completes_a_turn(kimi: Front, tmp_path: Path) -> None:
 
 
 def test_claude_code_runs_the_bash_call_the_model_makes(kimi: Front, tmp_path: Path) -> None:
-    prompt = 'Run it: #call-Bash {"command": "echo ran-by-$((40+2))", "description": "echo"}'
+    prompt = 'Run it: #agent-call-Bash {"command": "echo ran-by-$((40+2))", "description": "echo"}'
     # --allowedTools, not --dangerously-skip-permissions (which Claude Code refuses as root).
     result = claude(kimi, tmp_path, prompt, "--allowedTools", "Bash")
     assert result["is_error"] is False, result
