@@ -151,7 +151,7 @@ class Inference:
         which is what a hold needs but would tell an agent its context is four times fuller.
         """
         authorize(principal, "inference")
-        model = self.pipeline.model(principal, call.model)
+        model = self.admissions.model(principal, call.model)
         request = replace(call.request, model=model.id)
         check_capabilities(model, request, call.parameters, call.builtins)
         counted = await model.engine.check(request)

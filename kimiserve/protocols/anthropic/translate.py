@@ -55,7 +55,7 @@ from kimiserve.domain.types import (
     ToolSpec,
     Usage,
 )
-from kimiserve.engines.registry import ModelRegistry
+from kimiserve.domain.served import ServedModels
 from kimiserve.errors import UnsupportedFeature
 from kimiserve.protocols.anthropic.errors import WireParameter, from_validation
 from kimiserve.protocols.anthropic.models import (
@@ -97,7 +97,7 @@ def parse(body: Any, model: type[R]) -> R:
         raise from_validation(exc) from None
 
 
-def served_name(name: str, registry: ModelRegistry, model_map: Mapping[str, str]) -> str:
+def served_name(name: str, registry: ServedModels, model_map: Mapping[str, str]) -> str:
     """The client's model name, or the served name its first matching glob maps it to (served
     names always win, so a map never hides a model)."""
     if registry.knows(name):
