@@ -41,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.inference import Call
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModels
 from kimiserve.domain.types import (
     THINKING_BUDGETS,
     Constraint,
@@ -55,7 +56,6 @@ from kimiserve.domain.types import (
     ToolSpec,
     Usage,
 )
-from kimiserve.domain.served import ServedModels
 from kimiserve.errors import UnsupportedFeature
 from kimiserve.protocols.anthropic.errors import WireParameter, from_validation
 from kimiserve.protocols.anthropic.models import (
