@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess
 from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
+from tests.protocols.openai.support import usage_rows
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +181,24 @@ async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admi
     assert settled["amount_micros"] == -hold
     assert account["usage"]["prompt_tokens"] == 1_000_000 and account["usage"]["cost_micros"] == hold
     assert_ledger_consistent(account)
+
+
+async def test_anthropic_message_is_held_settled_and_recorded(server: InProcess, admin: AdminClient) -> None:
+    """A Messages request (issue 19) goes through the same hold → settle → usage row as a chat
+    completion, its row marked `anthropic`; a stream likewise, and a refused one charges nothing."""
+    key = await admin.account_with_key("anthropic", micros=5_000_000)
+    ask: Any = [{"role": "user", "content": "a b c d"}]
+    async with AsyncAnthropic(base_url=server.base_url, api_key=key, max_retries=0) as client:
+        reply = await client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=ask)
+        async with client.messages.stream(model="kimi-k2.6", max_tokens=8, messages=ask) as stream:
+            streamed = await stream.get_final_message()
+    account = await admin.show("anthropic")
+    assert_ledger_consistent(account)
+    kinds = [e["kind"] for e in account["ledger"]]
+    assert kinds == ["topup", "reservation", "settlement", "reservation", "settlement"]
+    holds = [e for e in account["ledger"] if e["kind"] == "reservation"]
+    assert {e["request_id"] for e in holds} == {reply.id, streamed.id}
+    mine = [row for rid in (reply.id, streamed.id) for row in usage_rows(server.data_dir, rid)]
+    assert [r["protocol"] for r in mine] == ["anthropic", "anthropic"]
+    assert sum(r["cost_micros"] for r in mine) == 5_000_000 - account["balance_micros"] > 0
+    assert [r["completion_tokens"] for r in mine] == [reply.usage.output_tokens, streamed.usage.output_tokens]

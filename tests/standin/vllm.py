@@ -11,6 +11,9 @@ What it answers depends on the request, so tests can steer it:
 - `#error400` → vLLM's 400 error body naming `param`; `#error500` → a 500; `#die` → the process
   exits mid-stream; `#slow` → 50 ms between chunks; `#reason-N` → N reasoning chunks (one token
   each) instead of three;
+- `#notool` → a plain echoed answer even with tools declared; `#agent-call-NAME {json}` → one
+  call of the declared tool NAME with that JSON object as arguments (an agent's own tools, e.g. Claude
+  Code's `Bash`), and once its result comes back, an answer echoing the result's text;
 - `continue_final_message` with a final assistant message continues it, as the engine named by
   `--engine` does (README: vLLM renders the message through the chat template, its `reasoning`
   kept when `preserve_thinking` or thinking is on, and parses all output as content when
@@ -226,6 +229,22 @@ class Standin:
                 reasoning_tokens += 1
         tools = body.get("tools") or []
         finish = "stop"
+        scripted = scripted_call(text) if tools and last.get("role") == "user" else None
+        if last.get("role") == "tool" and "#agent-call-" in json.dumps(messages):
+            tools = []  # the scripted call's result: answer with its text (the echo below)
+        if "#notool" in text:
+            tools = []
+        if scripted is not None:
+            name, arguments = scripted
+            index = sum(len(m.get("tool_calls") or []) for m in messages)
+            call = {"id": f"functions.{name}:{index}", "type": "function", "index": 0}
+            yield chunk(
+                {"tool_calls": [{**call, "function": {"name": name, "arguments": arguments}}]}, tokens=6
+            )
+            produced += 6
+            finish = "tool_calls"
+            text = ""
+            tools = []
         fault = next((f for f in FAULTS if f in history), None)
         if fault in ("#empty-answer", "#reasoning-only") and (
             f"{fault}-always" in history or not (continuing or asked_before)
@@ -372,6 +391,16 @@ def raw_section(call_id: str, arguments: str) -> str:
         f"<|tool_calls_section_begin|><|tool_call_begin|>{call_id}<|tool_call_argument_begin|>"
         f"{arguments}<|tool_call_end|><|tool_calls_section_end|>"
     )
+
+
+def scripted_call(text: str) -> tuple[str, str] | None:
+    """`#agent-call-NAME {json}` in the text → (NAME, the JSON object's text)."""
+    at = text.find("#agent-call-")
+    if at < 0:
+        return None
+    name, _, rest = text[at + len("#agent-call-") :].partition(" ")
+    arguments, _ = json.JSONDecoder().raw_decode(rest.lstrip())
+    return name, json.dumps(arguments)
 
 
 def last_reasoning(messages: list[dict[str, Any]]) -> str:
