@@ -24,6 +24,8 @@ from kimiserve.http.shutdown import Drain, DrainMiddleware
 from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
+from kimiserve.protocols.responses.errors import error_response as responses_error
+from kimiserve.protocols.responses.routes import routes as responses_routes
 from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
@@ -59,6 +61,8 @@ async def metrics(request: Request) -> Response:
 def refusal(scope: Scope, exc: BaseException) -> Response:
     """An error outside any route (shutting down, no such route, a bug), in its protocol's format."""
     path: str = scope.get("path", "")
+    if path.startswith("/v1/responses"):
+        return responses_error(exc, f"req_{uuid.uuid4().hex}")
     if path.startswith(("/v1/chat/", "/v1/models")):
         return openai_error(exc, f"req_{uuid.uuid4().hex}")
     item = error_item(exc, task_type=None, task_uuid=None)
@@ -118,6 +122,7 @@ def create_app(
     # The inference routes first: the router tries each route's pattern in turn, per request.
     all_routes: list[BaseRoute] = []
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
+    all_routes += responses_routes()  # /v1/responses
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     all_routes += [
