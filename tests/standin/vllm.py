@@ -16,6 +16,9 @@ What it answers depends on the request, so tests can steer it:
   kept when `preserve_thinking` or thinking is on, and parses all output as content when
   thinking is off; SGLang appends the content after the generation prompt and parses the output
   as content when that content holds `</think>`); the answer echoes the last *user* message;
+- `#call:NAME {json}` in the last user message → one call of the tool NAME with those arguments
+  (an agent's tool, whatever its schema), and once its result is the last message, the answer
+  `tool said: <the result>` (no second call); `#notool` → the echo even with tools declared;
 - `stream_options.continuous_usage_stats` → a running `usage` in every chunk, as vLLM sends it;
 - otherwise the answer echoes the last message's words (one chunk per word).
 Usage comes in a last chunk with `prompt_tokens_details.cached_tokens`: a prompt whose first
@@ -202,7 +205,19 @@ class Standin:
                 reasoning_tokens += 1
         tools = body.get("tools") or []
         finish = "stop"
-        if tools and last.get("role") == "user":
+        scripted = scripted_call(messages)
+        if scripted is not None and last.get("role") == "tool":  # the scripted call's result: say it
+            text, tools = "tool said: " + text_of(last), []
+        if "#notool" in text:
+            tools = []
+        if scripted is not None and last.get("role") == "user":
+            name, arguments = scripted
+            call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "index": 0}
+            yield chunk({"tool_calls": [{**call, "function": {"name": name, "arguments": ""}}]}, tokens=2)
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}, tokens=4)
+            produced += 6
+            finish = "tool_calls"
+        elif tools and last.get("role") == "user":
             name = tools[0]["function"]["name"]
             index = sum(len(m.get("tool_calls") or []) for m in messages)
             history = json.dumps(messages)
@@ -281,6 +296,18 @@ class Standin:
         }
         yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
+
+
+def scripted_call(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """`#call:NAME {json}` in the last user message: (NAME, the arguments' JSON text)."""
+    user = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    at = user.find("#call:")
+    if at < 0:
+        return None
+    name, _, tail = user[at + len("#call:") :].partition(" ")
+    tail = tail.lstrip()
+    arguments = json.JSONDecoder().raw_decode(tail)[0] if tail.startswith("{") else {}
+    return name, json.dumps(arguments)
 
 
 def last_reasoning(messages: list[dict[str, Any]]) -> str:
