@@ -54,7 +54,9 @@ class StoredResponses:
             raise Conflict(f"A response {response_id} is already stored.", code="conflict") from None
         await self.store.finish(response_id, results=[response])
 
-    async def get(self, principal: Principal, response_id: str, parameter: str = "response_id") -> StoredResponse:
+    async def get(
+        self, principal: Principal, response_id: str, parameter: str = "response_id"
+    ) -> StoredResponse:
         row = await self.store.get(response_id)
         if (
             row is None

@@ -27,7 +27,16 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from kimiserve.domain.inference import Started
-from kimiserve.domain.types import Finished, FinishReason, PipelineEvent, ReasoningDelta, TextDelta, ToolCall, ToolCallEvent, Usage
+from kimiserve.domain.types import (
+    Finished,
+    FinishReason,
+    PipelineEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import dumps
@@ -80,28 +89,37 @@ class Renderer:
             )
             self.output.append(empty)
             frames.append(self.event("response.output_item.added", output_index=item.index, item=empty))
-            frames.append(self.event("response.content_part.added", **self._at(item), part=self._part(kind, "")))
+            frames.append(
+                self.event("response.content_part.added", **self._at(item), part=self._part(kind, ""))
+            )
         self.open.parts.append(text)
         if not text:
             return frames
         if kind == "reasoning":
             frames.append(self.event("response.reasoning_text.delta", **self._at(self.open), delta=text))
         else:
-            frames.append(self.event("response.output_text.delta", **self._at(self.open), delta=text, logprobs=[]))
+            frames.append(
+                self.event("response.output_text.delta", **self._at(self.open), delta=text, logprobs=[])
+            )
         return frames
 
     def call(self, call: ToolCall) -> list[bytes]:
         frames = self.close()
         index = len(self.output)
         item_id = self._item_id("fc")
-        added = translate.function_call_item(item_id, call, "in_progress", arguments="")
-        done = translate.function_call_item(item_id, call)
+        namespace = self.reply.namespaces.get(call.name)
+        added = translate.function_call_item(item_id, call, "in_progress", arguments="", namespace=namespace)
+        done = translate.function_call_item(item_id, call, namespace=namespace)
         self.output.append(done)
         at = {"item_id": item_id, "output_index": index}
         frames.append(self.event("response.output_item.added", output_index=index, item=added))
         if call.arguments:
             frames.append(self.event("response.function_call_arguments.delta", **at, delta=call.arguments))
-        frames.append(self.event("response.function_call_arguments.done", **at, name=call.name, arguments=call.arguments))
+        frames.append(
+            self.event(
+                "response.function_call_arguments.done", **at, name=call.name, arguments=call.arguments
+            )
+        )
         frames.append(self.event("response.output_item.done", output_index=index, item=done))
         return frames
 
@@ -129,7 +147,9 @@ class Renderer:
 
     @staticmethod
     def _part(kind: str, text: str) -> dict[str, Any]:
-        return {"type": "reasoning_text", "text": text} if kind == "reasoning" else translate.output_text(text)
+        return (
+            {"type": "reasoning_text", "text": text} if kind == "reasoning" else translate.output_text(text)
+        )
 
 
 async def open_stream(
@@ -201,7 +221,9 @@ async def _frames(
         if save is not None:
             await save(final)
         outcome.status = "success"
-        yield r.event("response.completed" if status == "completed" else "response.incomplete", response=final)
+        yield r.event(
+            "response.completed" if status == "completed" else "response.incomplete", response=final
+        )
     except Exception as exc:
         outcome.status = exc.code if isinstance(exc, KimiserveError) else "internalServerError"
         error = failed_error(exc, current_request_id.get() or reply.id)

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +37,7 @@ from kimiserve.domain.types import (
 )
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
 from kimiserve.protocols.responses.errors import from_validation
-from kimiserve.protocols.responses.models import ContentPart, InputItem, ResponsesRequest, TextFormat
+from kimiserve.protocols.responses.models import ContentPart, InputItem, ResponsesRequest, TextFormat, Tool
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,18 @@ def parse(body: Any) -> ResponsesRequest:
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
     if req.background:
-        raise UnsupportedFeature("Background responses are not available on this server.", parameter="background")
+        raise UnsupportedFeature(
+            "Background responses are not available on this server.", parameter="background"
+        )
     if req.conversation is not None:
         raise UnsupportedFeature(
             "Conversations are not available on this server; use previous_response_id.",
             parameter="conversation",
         )
     if req.conversation is None and req.input is None and req.previous_response_id is None:
-        raise InvalidRequest("Missing required parameter: 'input'.", parameter="input", code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'input'.", parameter="input", code="missing_required_parameter"
+        )
     if req.top_logprobs:
         raise UnsupportedFeature("logprobs are not available on this server.", parameter="top_logprobs")
 
@@ -153,14 +157,22 @@ class _Conversation:
 
 def _message(conv: _Conversation, item: InputItem, where: str) -> None:
     if item.role is None:
-        raise InvalidRequest(f"{where} is a message without 'role'.", parameter=f"{where}.role", code="missing_required_parameter")
+        raise InvalidRequest(
+            f"{where} is a message without 'role'.",
+            parameter=f"{where}.role",
+            code="missing_required_parameter",
+        )
     if item.content is None:
         raise InvalidRequest(
-            f"{where} is a message without 'content'.", parameter=f"{where}.content", code="missing_required_parameter"
+            f"{where} is a message without 'content'.",
+            parameter=f"{where}.content",
+            code="missing_required_parameter",
         )
     if item.role == "assistant":
         parts = item.content
-        text = parts if isinstance(parts, str) else _text(parts, where, ("output_text", "refusal", "input_text"))
+        text = (
+            parts if isinstance(parts, str) else _text(parts, where, ("output_text", "refusal", "input_text"))
+        )
         conv.assistant(text)
         return
     if item.role in ("system", "developer"):
@@ -198,7 +210,9 @@ def _item(conv: _Conversation, item: InputItem, where: str) -> None:
         for name in ("call_id", "name"):
             if not getattr(item, name):
                 raise InvalidRequest(
-                    f"{where} is a function_call without '{name}'.", parameter=f"{where}.{name}", code="missing_required_parameter"
+                    f"{where} is a function_call without '{name}'.",
+                    parameter=f"{where}.{name}",
+                    code="missing_required_parameter",
                 )
         assert item.call_id is not None and item.name is not None
         conv.assistant(calls=(ToolCall(id=item.call_id, name=item.name, arguments=item.arguments or "{}"),))
@@ -226,25 +240,66 @@ def _item(conv: _Conversation, item: InputItem, where: str) -> None:
             conv.kept_reasoning = True
     else:
         raise UnsupportedFeature(
-            f"{where}: input items of type {kind!r} are not available on this server.", parameter=f"{where}.type"
+            f"{where}: input items of type {kind!r} are not available on this server.",
+            parameter=f"{where}.type",
         )
 
 
-def _tools(req: ResponsesRequest) -> tuple[ToolSpec, ...]:
-    specs: list[ToolSpec] = []
+def namespaces(req: ResponsesRequest) -> dict[str, str]:
+    """Each function name declared inside a `namespace` tool (Codex's sub-agent tools), with its
+    namespace: a call of it names the namespace, as OpenAI's function_call items do."""
+    out: dict[str, str] = {}
+    for tool in req.tools or []:
+        if tool.type == "namespace" and tool.name is not None:
+            for inner in (tool.model_extra or {}).get("tools") or []:
+                if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                    out[inner["name"]] = tool.name
+    return out
+
+
+def _flat_tools(req: ResponsesRequest) -> list[tuple[Tool, str]]:
+    """Every tool with its parameter name, a namespace's functions in its place."""
+    out: list[tuple[Tool, str]] = []
     for i, tool in enumerate(req.tools or []):
+        if tool.type != "namespace":
+            out.append((tool, f"tools[{i}]"))
+            continue
+        inner = (tool.model_extra or {}).get("tools")
+        if not isinstance(inner, list):
+            raise InvalidRequest(
+                f"tools[{i}] is a namespace without 'tools'.",
+                parameter=f"tools[{i}].tools",
+                code="missing_required_parameter",
+            )
+        for j, value in enumerate(inner):
+            try:
+                out.append((Tool.model_validate(value), f"tools[{i}].tools[{j}]"))
+            except ValidationError as exc:
+                raise InvalidRequest(
+                    f"tools[{i}].tools[{j}] is not a tool: {exc.errors(include_url=False)[0]['msg']}.",
+                    parameter=f"tools[{i}].tools[{j}]",
+                ) from None
+    return out
+
+
+def _tools(req: ResponsesRequest) -> tuple[tuple[ToolSpec, ...], list[str]]:
+    specs: list[ToolSpec] = []
+    names: list[str] = []
+    for tool, where in _flat_tools(req):
         if tool.type != "function":
             if tool.type in BUILTIN_TOOLS:
                 message = (
-                    f"tools[{i}]: the built-in tool {tool.type!r} cannot run on this server; "
+                    f"{where}: the built-in tool {tool.type!r} cannot run on this server; "
                     "declare a function tool instead."
                 )
             else:
-                message = f"tools[{i}]: tools of type {tool.type!r} are not available on this server."
-            raise UnsupportedFeature(message, parameter=f"tools[{i}].type")
+                message = f"{where}: tools of type {tool.type!r} are not available on this server."
+            raise UnsupportedFeature(message, parameter=f"{where}.type")
         if tool.name is None:
             raise InvalidRequest(
-                f"tools[{i}] is a function tool without 'name'.", parameter=f"tools[{i}].name", code="missing_required_parameter"
+                f"{where} is a function tool without 'name'.",
+                parameter=f"{where}.name",
+                code="missing_required_parameter",
             )
         specs.append(
             ToolSpec(
@@ -253,7 +308,8 @@ def _tools(req: ResponsesRequest) -> tuple[ToolSpec, ...]:
                 parameters=json.dumps(tool.parameters or {"type": "object", "properties": {}}),
             )
         )
-    return tuple(specs)
+        names.append(f"{where}.name")
+    return tuple(specs), names
 
 
 def _tool_choice(req: ResponsesRequest) -> ToolChoice:
@@ -270,7 +326,9 @@ def _tool_choice(req: ResponsesRequest) -> ToolChoice:
         )
     if not choice.name:
         raise InvalidRequest(
-            "tool_choice of type 'function' needs a 'name'.", parameter="tool_choice.name", code="missing_required_parameter"
+            "tool_choice of type 'function' needs a 'name'.",
+            parameter="tool_choice.name",
+            code="missing_required_parameter",
         )
     return ToolChoice(mode="named", name=choice.name)
 
@@ -322,12 +380,6 @@ def _items(values: Sequence[dict[str, Any]], where: str | None) -> list[tuple[In
     return out
 
 
-@dataclass(frozen=True)
-class Turn:
-    call: Call
-    names: dict[str, str]
-
-
 def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str, Any]]) -> Call:
     """The request, after the stored conversation `context`, as the front door takes it."""
     _refuse_unsupported(req)
@@ -345,6 +397,7 @@ def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str,
         _item(conv, item, where)
     if not conv.messages or all(m.role == "system" for m in conv.messages):
         raise InvalidRequest("The input has no message to answer.", parameter="input")
+    tools, tool_names = _tools(req)
     effort = req.reasoning.effort if req.reasoning is not None else None
     fmt = req.text.format if req.text is not None else None
     request = GenerationRequest(
@@ -357,7 +410,7 @@ def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str,
         ),
         constraint=_constraint(fmt),
         thinking=_EFFORT[effort] if effort is not None else "none",
-        tools=_tools(req),
+        tools=tools,
         tool_choice=_tool_choice(req),
         prompt_cache_key=req.prompt_cache_key,
         keep_reasoning=conv.kept_reasoning,
@@ -366,12 +419,12 @@ def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str,
         model=req.model,
         request=request,
         protocol=PROTOCOL,
-        parameters=_parameters(conv),
+        parameters=_parameters(conv, tool_names),
         request_id=response_id,
     )
 
 
-def _parameters(conv: _Conversation) -> Parameters:
+def _parameters(conv: _Conversation, tool_names: Sequence[str]) -> Parameters:
     images = conv.image_params
 
     def media_input(i: int, kind: MediaKind, k: int) -> str:
@@ -387,7 +440,7 @@ def _parameters(conv: _Conversation) -> Parameters:
         tool_choice="tool_choice",
         media=media,
         media_input=media_input,
-        tool_name=lambda i: f"tools[{i}].name",
+        tool_name=lambda i: tool_names[i],
     )
 
 
@@ -402,10 +455,15 @@ class Reply:
     id: str
     created_at: int
     echo: dict[str, Any]
+    namespaces: dict[str, str] = field(default_factory=dict)  # function name → its namespace
 
     @classmethod
     def start(cls, response_id: str, req: ResponsesRequest) -> Reply:
-        fmt = req.text.format.model_dump(exclude_none=True, by_alias=True) if req.text and req.text.format else None
+        fmt = (
+            req.text.format.model_dump(exclude_none=True, by_alias=True)
+            if req.text and req.text.format
+            else None
+        )
         tool_choice = req.tool_choice
         echo: dict[str, Any] = {
             "model": req.model,
@@ -433,7 +491,7 @@ class Reply:
             "user": req.user,
             "metadata": req.metadata or {},
         }
-        return cls(response_id, int(time.time()), echo)
+        return cls(response_id, int(time.time()), echo, namespaces(req))
 
     def response(
         self,
@@ -491,8 +549,14 @@ def message_item(item: str, text: str | None, status: str = "completed") -> dict
     return {"id": item, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
-def function_call_item(item: str, call: ToolCall, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
-    return {
+def function_call_item(
+    item: str,
+    call: ToolCall,
+    status: str = "completed",
+    arguments: str | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    out = {
         "id": item,
         "type": "function_call",
         "call_id": call.id,
@@ -500,6 +564,9 @@ def function_call_item(item: str, call: ToolCall, status: str = "completed", arg
         "arguments": call.arguments if arguments is None else arguments,
         "status": status,
     }
+    if namespace is not None:
+        out["namespace"] = namespace
+    return out
 
 
 def output_items(reply: Reply, result: GenerationResult) -> list[dict[str, Any]]:
@@ -510,13 +577,11 @@ def output_items(reply: Reply, result: GenerationResult) -> list[dict[str, Any]]
     if result.text or not result.tool_calls:
         out.append(message_item(item_id("msg", reply.id, len(out)), result.text))
     for call in result.tool_calls:
-        out.append(function_call_item(item_id("fc", reply.id, len(out)), call))
+        namespace = reply.namespaces.get(call.name)
+        out.append(function_call_item(item_id("fc", reply.id, len(out)), call, namespace=namespace))
     return out
 
 
 def response(reply: Reply, result: GenerationResult) -> dict[str, Any]:
     status, incomplete = status_of(result.finish_reason)
     return reply.response(status, output_items(reply, result), usage(result.usage), incomplete=incomplete)
-
-
-MediaName = Callable[[int, MediaKind, int], str]

@@ -65,7 +65,9 @@ async def test_the_raw_body_is_the_sdk_response_type(server: ServerProcess, api_
         "metadata": {"k": "v"},
     }
     async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
-        raw = (await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {api_key}"})).json()
+        raw = (
+            await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {api_key}"})
+        ).json()
     parsed = Response.model_validate(raw)  # every required field of the SDK's type is there
     assert parsed.instructions == "Answer in one word." and parsed.metadata == {"k": "v"}
     assert parsed.max_output_tokens == 8 and parsed.store is True
@@ -93,7 +95,9 @@ async def test_stream_events_in_order(client: AsyncOpenAI) -> None:
         "response.content_part.done",
         "response.output_item.done",
     ]
-    assert [k for k in kinds if k in order] == [order[0], order[1]] + [order[2]] * kinds.count(order[2]) + order[3:]
+    assert [k for k in kinds if k in order] == [order[0], order[1]] + [order[2]] * kinds.count(
+        order[2]
+    ) + order[3:]
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas and final.output_text == deltas
     assert final.usage is not None and final.usage.output_tokens >= 1
@@ -127,7 +131,12 @@ async def test_function_call_round_trip_with_previous_response_id(client: AsyncO
         model=MODEL,
         input=[
             {"role": "user", "content": "What is the weather in Paris?"},
-            {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather", "arguments": calls[0].arguments},
+            {
+                "type": "function_call",
+                "call_id": calls[0].call_id,
+                "name": "get_weather",
+                "arguments": calls[0].arguments,
+            },
             {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 21 C."},
         ],
         tools=[WEATHER],
@@ -168,7 +177,10 @@ async def test_retrieve_list_inputs_delete_and_other_accounts(
         ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type"),
         ({"tool_choice": {"type": "file_search"}}, "tool_choice.type"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
-        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].type",
+        ),
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
