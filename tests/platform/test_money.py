@@ -15,8 +15,8 @@ from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess
-from tests.protocols.openai.support import usage_rows
 from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
+from tests.protocols.openai.support import usage_rows
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,9 @@ async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admi
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
-async def test_a_response_is_held_settled_and_recorded(server: InProcess, admin: AdminClient, stream: bool) -> None:
+async def test_a_response_is_held_settled_and_recorded(
+    server: InProcess, admin: AdminClient, stream: bool
+) -> None:
     """POST /v1/responses (issue 19) on the same money rules: one hold, one settlement of the
     usage it reports, one usage row under the response's id with protocol `responses`."""
     name = f"responses-{'stream' if stream else 'create'}"
@@ -204,10 +206,15 @@ async def test_a_response_is_held_settled_and_recorded(server: InProcess, admin:
     [row] = usage_rows(server.data_dir, reply.id)
     assert row["protocol"] == "responses" and row["cost_micros"] == -settled["amount_micros"]
     assert reply.usage is not None
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (reply.usage.input_tokens, reply.usage.output_tokens)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        reply.usage.input_tokens,
+        reply.usage.output_tokens,
+    )
 
 
-async def test_a_response_stream_left_early_pays_for_what_it_got(server: InProcess, admin: AdminClient) -> None:
+async def test_a_response_stream_left_early_pays_for_what_it_got(
+    server: InProcess, admin: AdminClient
+) -> None:
     key = await admin.account_with_key("responses-left", micros=5_000_000)
     server.engine.delay_s = 0.02
     words = " ".join(f"w{i}" for i in range(60))

@@ -21,7 +21,9 @@ from tests.protocols.upstream.conftest import Front
 
 CODEX = shutil.which("codex")
 pytestmark = [
-    pytest.mark.skipif(CODEX is None, reason="the codex binary is absent (npm install -g @openai/codex@0.169.0)"),
+    pytest.mark.skipif(
+        CODEX is None, reason="the codex binary is absent (npm install -g @openai/codex@0.169.0)"
+    ),
     pytest.mark.timeout(300),
 ]
 
@@ -49,7 +51,13 @@ async def codex_exec(kimi: Front, tmp_path: Path, prompt: str) -> str:
     # As root without network: no sandbox (Codex's own needs namespaces), no approvals (exec).
     command = [CODEX, "exec", "--skip-git-repo-check", "-s", "danger-full-access", "-C", str(work), prompt]
     done = await asyncio.to_thread(
-        subprocess.run, command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240
+        subprocess.run,
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
