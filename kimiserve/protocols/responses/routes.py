@@ -15,6 +15,7 @@ from kimiserve.errors import InvalidRequest, KimiserveError
 from kimiserve.http.auth import caller, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.context import Context
+from kimiserve.http.disconnect import CLIENT_CLOSED, ClientDisconnected, unless_disconnected
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
 from kimiserve.protocols.responses import translate
@@ -56,9 +57,12 @@ async def create(request: Request) -> Response:
         if req.stream:
             started = await services.inference.start(principal, call)
             return await open_stream(services, started, reply, lambda r: save(r, "stream"))
-        done = await services.inference.complete(principal, call)
+        done = await unless_disconnected(request, services.inference.complete(principal, call))
         body = translate.response(reply, done.results[0])
         await save(body, "sync")
+    except ClientDisconnected:
+        services.metrics.request(PROTOCOL, OPERATION, "clientDisconnected")
+        return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
         services.metrics.request(PROTOCOL, OPERATION, _code(exc))
         return error_response(exc, request_id)

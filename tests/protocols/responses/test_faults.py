@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -79,3 +80,14 @@ async def test_several_calls_in_one_turn_are_several_items(app_server: InProcess
     streamed = [(o.call_id, o.name, o.arguments) for o in final.output[1:]]  # type: ignore[union-attr]
     assert streamed == [(o.call_id, o.name, o.arguments) for o in reply.output[1:]]  # type: ignore[union-attr]
     assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (5, 7)
+
+
+async def test_a_client_leaving_an_unstreamed_response_cancels_it(app_server: InProcess) -> None:
+    app_server.engine.delay_s = 0.05  # 400 words: 20 s, unless cancelled
+    started = app_server.engine.started
+    body = {"model": MODEL, "input": " ".join(f"w{i}" for i in range(400))}
+    async with httpx.AsyncClient(base_url=app_server.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/responses", json=body, headers={"Authorization": f"Bearer {app_server.key}"})
+    assert app_server.engine.started == started + 1
+    assert await app_server.engine.all_closed(timeout_s=3.0)  # cancelled, not run to its end
