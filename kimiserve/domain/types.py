@@ -157,7 +157,7 @@ class Finished:
 Event = TextDelta | ReasoningDelta | ToolCallEvent | Usage | Finished
 
 
-# ---- the built-in tools' loop (the pipeline runs them; see domain/pipeline.py) -------------
+# ---- the built-in tools' loop (domain/toolloop.py runs them) -------------------------------
 
 
 @dataclass(frozen=True)
