@@ -169,3 +169,62 @@ def test_input_items_query_bounds(
 ) -> None:
     seen = _request(fake_server, "GET", f"{PATH}/{alices_response}/input_items?{query}", keys["alice"])
     assert seen.status == 400 and seen.frames[0]["error"]["param"] == query.split("=")[0], seen
+
+
+CASES_PER_MODE = 60
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_schemathesis_from_our_own_document_never_500s(
+    fake_server: ServerProcess, keys: dict[str, str], mode: str
+) -> None:
+    """Bodies generated from /openapi.json's ResponsesRequest (the wire model itself)."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as fixed_seed
+    from schemathesis import GenerationMode
+    from schemathesis.core import NOT_SET
+
+    document = httpx.get(fake_server.base_url + "/openapi.json", timeout=30).json()
+    operation = schemathesis.openapi.from_dict(document)[PATH]["POST"]
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    client = httpx.Client(base_url=fake_server.base_url, timeout=30)
+    generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
+
+    @fixed_seed(19)
+    @settings(
+        max_examples=CASES_PER_MODE,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=generation))
+    def one(case: Any) -> None:
+        if isinstance(case.body, bytes):
+            content = case.body
+        else:
+            value = None if case.body is NOT_SET else case.body
+            if mode == "positive" and isinstance(value, dict):  # a served model, so some reach it
+                value = {"input": "hi", **value, "model": KIMI}
+                value = {**value, "input": value["input"] or "hi"}
+            content = json.dumps(value, ensure_ascii=True).encode()
+        response = client.post(
+            PATH,
+            content=content,
+            headers={"authorization": f"Bearer {keys['alice']}", "content-type": "application/json"},
+        )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code == 400 and len(errors) < 5:
+            errors.append(response.json()["error"]["message"][:100])
+        assert response.status_code < 500, (content[:500], response.text[:500])
+        assert response.headers["content-type"].startswith(("application/json", "text/event-stream"))
+
+    try:
+        one()
+    finally:
+        client.close()
+        print(f"schemathesis /v1/responses {mode}: statuses {statuses}, e.g. {errors}")
