@@ -142,3 +142,26 @@ def test_string_input_items_are_stored_as_parts() -> None:
     items = translate.input_items(req, "resp_ab")
     assert [i["content"][0]["type"] for i in items] == ["output_text", "input_text"]
     assert [i["id"] for i in items] == ["in_ab00", "in_ab01"]
+
+
+def test_images_are_user_media_named_by_their_part() -> None:
+    made = call(
+        {
+            "instructions": "Look.",
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "What is it?"},
+                        {"type": "input_image", "image_url": "https://example.com/a.png"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+                    ],
+                }
+            ],
+        }
+    )
+    user = made.request.messages[1]
+    assert user.content == "What is it?"
+    assert user.images == ("https://example.com/a.png", "data:image/png;base64,AAAA")
+    assert made.parameters.media_input(1, "image", 1) == "input[0].content[2]"
+    assert made.parameters.media(1, "image", 0) == "input[0].content[1].image_url"
