@@ -27,6 +27,8 @@ from kimiserve.protocols.anthropic.errors import error_response as anthropic_err
 from kimiserve.protocols.anthropic.routes import routes as anthropic_routes
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
+from kimiserve.protocols.responses.errors import error_response as responses_error
+from kimiserve.protocols.responses.routes import routes as responses_routes
 from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
@@ -64,6 +66,8 @@ def refusal(scope: Scope, exc: BaseException) -> Response:
     path: str = scope.get("path", "")
     if path.startswith("/v1/messages"):
         return anthropic_error(exc, f"req_{uuid.uuid4().hex}")
+    if path.startswith("/v1/responses"):
+        return responses_error(exc, f"req_{uuid.uuid4().hex}")
     if path.startswith(("/v1/chat/", "/v1/models")):
         return openai_error(exc, f"req_{uuid.uuid4().hex}")
     item = error_item(exc, task_type=None, task_uuid=None)
@@ -124,6 +128,7 @@ def create_app(
     all_routes: list[BaseRoute] = []
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
     all_routes += anthropic_routes()  # /v1/messages, /v1/messages/count_tokens
+    all_routes += responses_routes()  # /v1/responses
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     all_routes += [

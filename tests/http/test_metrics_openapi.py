@@ -49,6 +49,10 @@ def test_metrics_move_with_traffic(server: InProcess) -> None:
         "kimiserve_requests_total",
         frozenset({("protocol", "openai"), ("task_type", "chat.completion"), ("status", "success")}),
     )
+    responses = (
+        "kimiserve_requests_total",
+        frozenset({("protocol", "responses"), ("task_type", "response"), ("status", "success")}),
+    )
     before = samples(server)
     headers = {"Authorization": f"Bearer {server.key}"}
     for _ in range(3):
@@ -61,12 +65,18 @@ def test_metrics_move_with_traffic(server: InProcess) -> None:
     )
     body = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 3}
     assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+    for stream in (False, True):
+        response = {"model": "kimi-k2.6", "input": "a b", "max_output_tokens": 3, "stream": stream}
+        assert (
+            httpx.post(f"{server.base_url}/v1/responses", json=response, headers=headers).status_code == 200
+        )
     after = samples(server)
     assert after[ok] - before.get(ok, 0) == 3
     assert after[bad] - before.get(bad, 0) == 1
     assert after[chat] - before.get(chat, 0) == 1
+    assert after[responses] - before.get(responses, 0) == 2
     ttft = ("kimiserve_time_to_first_token_seconds_count", frozenset({("model", "kimi-k2.6")}))
-    assert after[ttft] - before.get(ttft, 0) == 4
+    assert after[ttft] - before.get(ttft, 0) == 6
     assert after[("kimiserve_reserved_credit_micros", frozenset())] == 0
     assert (
         "kimiserve_engine_sequences_in_flight",

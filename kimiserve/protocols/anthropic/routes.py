@@ -16,6 +16,7 @@ from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import caller, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.context import Context
+from kimiserve.http.disconnect import CLIENT_CLOSED, ClientDisconnected, unless_disconnected
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.request_id import request_id_of
 from kimiserve.protocols.anthropic import translate
@@ -45,7 +46,10 @@ async def messages(request: Request) -> Response:
         if wire.stream:
             started = await services.inference.start(principal, call)
             return await open_stream(services, started, message_id, wire.model, request_id)
-        done = await services.inference.complete(principal, call)
+        done = await unless_disconnected(request, services.inference.complete(principal, call))
+    except ClientDisconnected:
+        services.metrics.request(PROTOCOL, "messages", "clientDisconnected")
+        return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
         services.metrics.request(PROTOCOL, "messages", _status(exc))
         return error_response(exc, request_id)
