@@ -268,6 +268,7 @@ def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
         thinking=thinking,
         tools=tools,
         tool_choice=tool_choice,
+        parallel_tool_calls=chat.parallel_tool_calls is not False,
         prompt_cache_key=chat.prompt_cache_key,
     )
 
