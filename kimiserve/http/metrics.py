@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kimiserve.engines.registry import ModelRegistry
@@ -25,22 +25,31 @@ class _EngineCollector(Collector):
     def __init__(self, models: ModelRegistry) -> None:
         self._models = models
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         in_flight = GaugeMetricFamily(
             "kimiserve_engine_sequences_in_flight", "Sequences an engine is decoding.", labels=["engine"]
         )
         waiting = GaugeMetricFamily(
             "kimiserve_engine_queue_depth", "Requests queued for an engine's batch.", labels=["engine"]
         )
+        dropped = CounterMetricFamily(
+            "kimiserve_engine_dropped_tool_calls",
+            "Tool calls an upstream made past the first where one was asked for.",
+            labels=["engine"],
+        )
         for engine in self._models.engines():
             active = getattr(engine, "active_sequences", None)
             queued = getattr(engine, "waiting", None)
+            extra = getattr(engine, "dropped_tool_calls", None)
             if isinstance(active, int):
                 in_flight.add_metric([engine.name], active)
             if isinstance(queued, int):
                 waiting.add_metric([engine.name], queued)
+            if isinstance(extra, int):
+                dropped.add_metric([engine.name], extra)
         yield in_flight
         yield waiting
+        yield dropped
 
 
 class Metrics:

@@ -71,6 +71,7 @@ class UpstreamEngine:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._url = config.base_url + "/chat/completions"
         self._session: aiohttp.ClientSession | None = None
+        self.dropped_tool_calls = 0  # calls past the first under parallel_tool_calls=false
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -118,7 +119,7 @@ class UpstreamEngine:
             async for event in self._within_budget(budget.with_running_usage(body), forcing):
                 yield event
         first = forcing.answer
-        calls = self._client_ids(first.tool_calls(), ids)
+        calls = self._one_unless_parallel(self._client_ids(first.tool_calls(), ids), request)
         usage = forcing.usage()
         bad = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
         if bad:
@@ -128,7 +129,9 @@ class UpstreamEngine:
             second = ChunkReader()
             async for _ in self._stream(self._reask_body(body, bad, ids), second):
                 pass  # the text of a re-ask is not part of the answer: only its calls are taken
-            calls = self._client_ids(second.tool_calls(), ids)
+            # The turn's valid calls stand; the re-ask's calls take the invalid ones' place.
+            valid = [c for c in calls if all(c is not b for b, _ in bad)]
+            retried = self._client_ids(second.tool_calls(), ids)
             retry = second.usage or Usage(0, second.produced)
             usage = Usage(
                 usage.prompt_tokens + retry.prompt_tokens,
@@ -136,12 +139,13 @@ class UpstreamEngine:
                 usage.cached_tokens + retry.cached_tokens,
                 usage.reasoning_tokens + retry.reasoning_tokens,
             )
-            still = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
-            if still or not calls:
+            still = [(c, p) for c in retried if (p := tools.problem(c, request.tools)) is not None]
+            if still or not retried:
                 problem = still[0][1] if still else "the model made no call when asked again"
                 raise EngineError(
                     f"The model's tool call was invalid twice: {problem}.", code="invalidToolCall"
                 )
+            calls = self._one_unless_parallel(valid + retried, request)
         for call in calls:
             yield ToolCallEvent(call)
         yield usage
@@ -221,6 +225,21 @@ class UpstreamEngine:
             raise errors.from_transport(exc, label, streaming=started) from None
         if reader.finish is None:
             raise errors.UpstreamBroken(f"The upstream {label} ended the stream without finishing it.")
+
+    def _one_unless_parallel(self, calls: list[ToolCall], request: GenerationRequest) -> list[ToolCall]:
+        """Under `parallel_tool_calls: false` or a named `tool_choice`, the first call only (as
+        vLLM filters them): an upstream that ignores the field may still make several. The rest
+        are dropped before validation, logged and counted (`dropped_tool_calls`)."""
+        several = request.parallel_tool_calls and request.tool_choice.mode != "named"
+        if several or len(calls) <= 1:
+            return calls
+        self.dropped_tool_calls += len(calls) - 1
+        log.info(
+            "upstream %s made %d tool calls where one was asked for; kept the first",
+            self.config.label,
+            len(calls),
+        )
+        return calls[:1]
 
     def _client_ids(self, calls: list[ToolCall], ids: IdMap) -> list[ToolCall]:
         """Calls as the client sees them: an id the upstream left out becomes `functions.name:idx`;

@@ -95,6 +95,11 @@ class PoolEngine:
         self.spill = spill
         self._prober: asyncio.Task[None] | None = None
 
+    @property
+    def dropped_tool_calls(self) -> int:
+        """Tool calls the replicas dropped (one call asked for, several made)."""
+        return sum(r.engine.dropped_tool_calls for r in self.replicas)
+
     async def check(self, request: GenerationRequest) -> int | None:
         return await self.replicas[0].engine.check(request)
 
