@@ -59,7 +59,8 @@ async def test_each_call_is_validated_against_its_own_schema(
     upstream: UpstreamEngine, standin: StandinProcess
 ) -> None:
     before = len(standin.stats()["requests"])
-    events = await collect(upstream.generate(ask("weather and time? #parallel", tools=(WEATHER, BEIJING_ONLY))))
+    asked = ask("weather and time? #parallel", tools=(WEATHER, BEIJING_ONLY))
+    events = await collect(upstream.generate(asked))
     bodies = standin.stats()["requests"][before:]
     assert len(bodies) == 2  # the turn, then a re-ask about the one invalid call
     reask = bodies[1]["messages"]
