@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from kimiserve.http import admin
+from kimiserve.protocols.anthropic.models import CountTokensRequest, MessagesRequest
 from kimiserve.protocols.openai.models import ChatCompletionRequest
 from kimiserve.protocols.runware.models import TASK_MODELS
 
@@ -66,8 +67,41 @@ def _runware_post(path: str) -> dict[str, Any]:
     }
 
 
+def _anthropic_paths() -> dict[str, Any]:
+    error = _json(ERROR, '`{type: "error", error: {type, message}, request_id}` (529: overloaded)')
+    return {
+        "/v1/messages": {
+            "post": {
+                "tags": ["Anthropic-compatible"],
+                "summary": "Create a message (stream: true for Anthropic's server-sent events)",
+                "operationId": "anthropic_messages",
+                "requestBody": {"required": True, **_json(_ref("MessagesRequest"), "Messages request")},
+                "responses": {
+                    "200": _json(OBJECT, "A message, or message_start … message_stop events"),
+                    "default": error,
+                },
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "tags": ["Anthropic-compatible"],
+                "summary": "Count a Messages request's input tokens",
+                "operationId": "anthropic_count_tokens",
+                "requestBody": {"required": True, **_json(_ref("CountTokensRequest"), "Count request")},
+                "responses": {"200": _json(OBJECT, "`{input_tokens}`"), "default": error},
+            }
+        },
+    }
+
+
 def document(routes_base_url: str = "") -> dict[str, Any]:
-    bodies: list[type[BaseModel]] = [*TASK_MODELS.values(), ChatCompletionRequest, *admin.BODIES.values()]
+    bodies: list[type[BaseModel]] = [
+        *TASK_MODELS.values(),
+        ChatCompletionRequest,
+        MessagesRequest,
+        CountTokensRequest,
+        *admin.BODIES.values(),
+    ]
     _, schemas = models_json_schema([(m, "validation") for m in bodies], ref_template=REF, by_alias=True)
     paths: dict[str, Any] = {
         "/": _runware_post("/"),
@@ -84,6 +118,7 @@ def document(routes_base_url: str = "") -> dict[str, Any]:
                 },
             }
         },
+        **_anthropic_paths(),
         "/v1/models": {
             "get": {
                 "tags": ["OpenAI-compatible"],
@@ -161,15 +196,18 @@ def document(routes_base_url: str = "") -> dict[str, Any]:
         "info": {
             "title": "kimiserve",
             "version": "0.1.0",
-            "description": "The Kimi K2.6 text-inference API, self-hosted: Runware tasks and "
-            "OpenAI-compatible chat completions.",
+            "description": "The Kimi K2.6 text-inference API, self-hosted: Runware tasks, "
+            "OpenAI-compatible chat completions and the Anthropic-compatible Messages API.",
         },
         "servers": [{"url": routes_base_url or "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
     }
 

@@ -6,7 +6,7 @@
 
 A protocol translates its wire request into a `Call` (a `GenerationRequest` plus what the domain
 needs to know about it) and renders what comes back; it never sees an admission, a hold, a
-permit or a store. The money rules and the tools' loop are the admission's (`admission.py`).
+permit or a store. Admission is `admission.py`, money `metering.py`, the tools' loop `toolloop.py`.
 
 - `stream(principal, call)` is an async generator. Its first item is `(0, Admitted)`, yielded
   once the request is admitted, so every refusal (403, 402, 429, a bad grammar, a media URL that
@@ -17,6 +17,8 @@ permit or a store. The money rules and the tools' loop are the admission's (`adm
 - `start(principal, call)` is the same stream with `Admitted` taken: `Started.admitted` and
   `Started.events`.
 - `complete(principal, call)` runs every generation to its end and returns their results.
+- `count(principal, call)` authorizes, resolves and checks as a run would, then asks the engine
+  for the prompt's token count, admitting nothing (Anthropic's `count_tokens`).
 - `run(principal, call)` admits now and returns a `Running` that runs later (`complete()`, or
   `each(deliver)`: each generation delivered as it ends, for a webhook per generation), for
   `delivery/`'s async and webhook deliveries.
@@ -33,12 +35,12 @@ from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.capabilities import check as check_capabilities
 from kimiserve.domain.principal import Principal, authorize
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import GenerationRequest, PipelineEvent
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import as_kimiserve_error
 
 if TYPE_CHECKING:
-    from kimiserve.domain.pipeline import Admission, Pipeline
+    from kimiserve.domain.admission import Admission, Admissions
     from kimiserve.domain.ports import MediaResolver, WindowState
 
 
@@ -69,6 +71,8 @@ class Call:
     on_admitted: Callable[[Admitted], Awaitable[None]] | None = None
 
 
+_TEMPLATE_TOKENS = 4  # per message or tool in `estimate_prompt_tokens`: role markers, separators
+
 StreamItem = tuple[int, "PipelineEvent | Admitted"]
 
 
@@ -88,18 +92,17 @@ class Completion:
 
 
 class Inference:
-    def __init__(self, pipeline: Pipeline, media: MediaResolver) -> None:
-        self.pipeline = pipeline
+    def __init__(self, admissions: Admissions, media: MediaResolver) -> None:
+        self.admissions = admissions
         self.media = media
 
     async def _admit(self, principal: Principal, call: Call) -> tuple[Admission, Admitted]:
         authorize(principal, "inference")
-        pipeline = self.pipeline
-        model = pipeline.model(principal, call.model)
+        model = self.admissions.model(principal, call.model)
         request = replace(call.request, model=model.id)
         check_capabilities(model, request, call.parameters, call.builtins)
         request = await self.media.resolve(principal.account_id, request, call.parameters.media)
-        admission = await pipeline.admit(
+        admission = await self.admissions.admit(
             principal,
             model,
             request,
@@ -137,6 +140,24 @@ class Inference:
                 await events.aclose()
         finally:
             await admission.aclose()
+
+    async def count(self, principal: Principal, call: Call) -> int:
+        """The prompt's tokens as the engine counts them, nothing admitted, held or recorded.
+
+        Media is not fetched (images count as the engine counts their references). An engine
+        that cannot count (an upstream pool) gets an estimate: UTF-8 bytes / 4 over the text,
+        calls and tools, plus a few tokens per message for the template's role markers — not the
+        admission's upper bound,
+        which is what a hold needs but would tell an agent its context is four times fuller.
+        """
+        authorize(principal, "inference")
+        model = self.admissions.model(principal, call.model)
+        request = replace(call.request, model=model.id)
+        check_capabilities(model, request, call.parameters, call.builtins)
+        counted = await model.engine.check(request)
+        if counted is not None:
+            return counted
+        return estimate_prompt_tokens(request)
 
     async def start(self, principal: Principal, call: Call) -> Started:
         events = self.stream(principal, call)
@@ -197,6 +218,14 @@ class Running:
 
     async def aclose(self) -> None:
         await self._admission.aclose()
+
+
+def estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """A prompt's tokens, estimated for an engine that cannot count them (see `count`)."""
+    text = sum(len(m.content.encode("utf-8", "replace")) for m in request.messages)
+    text += sum(len(c.arguments) + len(c.name) for m in request.messages for c in m.tool_calls)
+    text += sum(len(t.parameters) + len(t.description) + len(t.name) for t in request.tools)
+    return -(-text // 4) + _TEMPLATE_TOKENS * (len(request.messages) + len(request.tools))
 
 
 async def merge(

@@ -74,6 +74,28 @@ def test_metrics_move_with_traffic(server: InProcess) -> None:
     ) not in after  # fake has none
 
 
+def test_metrics_count_the_messages_api(server: InProcess) -> None:
+    def key(operation: str, status: str) -> tuple[str, frozenset[tuple[str, str]]]:
+        labels = {("protocol", "anthropic"), ("task_type", operation), ("status", status)}
+        return ("kimiserve_requests_total", frozenset(labels))
+
+    before = samples(server)
+    headers = {"x-api-key": server.key}
+    body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 3}
+    assert httpx.post(f"{server.base_url}/v1/messages", json=body, headers=headers).status_code == 200
+    count = httpx.post(f"{server.base_url}/v1/messages/count_tokens", json=body, headers=headers)
+    assert count.status_code == 200 and count.json()["input_tokens"] > 0
+    bad = httpx.post(f"{server.base_url}/v1/messages", json={**body, "model": "gpt-4"}, headers=headers)
+    assert bad.status_code == 404 and bad.json()["error"]["type"] == "not_found_error"
+    after = samples(server)
+    for k in (
+        key("messages", "success"),
+        key("messages.count_tokens", "success"),
+        key("messages", "invalidModel"),
+    ):
+        assert after[k] - before.get(k, 0) == 1, k
+
+
 def test_openapi_document_is_valid_and_matches_the_routes(server: InProcess) -> None:
     doc = httpx.get(f"{server.base_url}/openapi.json").json()
     validate(doc)

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess
 from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
+from tests.protocols.openai.support import usage_rows
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ async def test_failure_between_engine_and_settlement_charges_nothing(
     server: InProcess, admin: AdminClient
 ) -> None:
     key = await admin.account_with_key("settle-fails", micros=5_000_000)
-    pipeline = server.services.pipeline
+    pipeline = server.services.admissions
     real = pipeline.settle_hook
 
     async def broken(hold: Any, usage: Any) -> None:
@@ -163,17 +165,40 @@ async def test_unmetered_account_records_usage_and_cost(server: InProcess, admin
 async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admin: AdminClient) -> None:
     """An engine that reports more than the worst case held (an upstream that re-asked a tool call,
     or counts the prompt larger than the pipeline's bound) is charged its hold, never more: the
-    balance cannot go below zero."""
+    balance cannot go below zero, and the cost the reply reports is that amount."""
     hold = await _hold_of_one_generation(server, admin, "beyond-hold-probe")
     key = await admin.account_with_key("beyond-hold", micros=hold)
     server.engine.script = [
         [TextDelta("hi"), Usage(prompt_tokens=1_000_000, completion_tokens=1), Finished("stop")]
     ]
-    task = text_task(8)
-    assert (await _post(server, key, task)).status_code == 200
+    task = text_task(8, includeCost=True)
+    reply = await _post(server, key, task)
+    assert reply.status_code == 200
     account = await admin.show("beyond-hold")
+    assert reply.json()["data"][0]["cost"] == hold / 1_000_000  # the client is told what it paid
     assert account["balance_micros"] == 0 and account["reserved_micros"] == 0
     [settled] = [e for e in account["ledger"] if e["kind"] == "settlement"]
     assert settled["amount_micros"] == -hold
     assert account["usage"]["prompt_tokens"] == 1_000_000 and account["usage"]["cost_micros"] == hold
     assert_ledger_consistent(account)
+
+
+async def test_anthropic_message_is_held_settled_and_recorded(server: InProcess, admin: AdminClient) -> None:
+    """A Messages request (issue 19) goes through the same hold → settle → usage row as a chat
+    completion, its row marked `anthropic`; a stream likewise, and a refused one charges nothing."""
+    key = await admin.account_with_key("anthropic", micros=5_000_000)
+    ask: Any = [{"role": "user", "content": "a b c d"}]
+    async with AsyncAnthropic(base_url=server.base_url, api_key=key, max_retries=0) as client:
+        reply = await client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=ask)
+        async with client.messages.stream(model="kimi-k2.6", max_tokens=8, messages=ask) as stream:
+            streamed = await stream.get_final_message()
+    account = await admin.show("anthropic")
+    assert_ledger_consistent(account)
+    kinds = [e["kind"] for e in account["ledger"]]
+    assert kinds == ["topup", "reservation", "settlement", "reservation", "settlement"]
+    holds = [e for e in account["ledger"] if e["kind"] == "reservation"]
+    assert {e["request_id"] for e in holds} == {reply.id, streamed.id}
+    mine = [row for rid in (reply.id, streamed.id) for row in usage_rows(server.data_dir, rid)]
+    assert [r["protocol"] for r in mine] == ["anthropic", "anthropic"]
+    assert sum(r["cost_micros"] for r in mine) == 5_000_000 - account["balance_micros"] > 0
+    assert [r["completion_tokens"] for r in mine] == [reply.usage.output_tokens, streamed.usage.output_tokens]

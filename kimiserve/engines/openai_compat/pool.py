@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -96,9 +97,9 @@ class PoolEngine:
         self._prober: asyncio.Task[None] | None = None
 
     @property
-    def dropped_tool_calls(self) -> int:
-        """Tool calls the replicas dropped (one call asked for, several made)."""
-        return sum(r.engine.dropped_tool_calls for r in self.replicas)
+    def repairs(self) -> Counter[str]:
+        """The repairs made to every replica's answers, by kind (repairs.py)."""
+        return sum((r.engine.repairs for r in self.replicas), Counter())
 
     async def check(self, request: GenerationRequest) -> int | None:
         return await self.replicas[0].engine.check(request)

@@ -34,7 +34,7 @@ async def test_two_calls_in_one_turn_pass_through_in_order(
     ]
     assert events[-1] == Finished("tool_calls")
     assert standin.stats()["requests"][-1]["parallel_tool_calls"] is True
-    assert upstream.dropped_tool_calls == 0
+    assert upstream.repairs["extra_tool_calls"] == 0
 
 
 async def test_parallel_false_keeps_the_first_call_and_counts_the_rest(
@@ -46,7 +46,7 @@ async def test_parallel_false_keeps_the_first_call_and_counts_the_rest(
     assert standin.stats()["requests"][-1]["parallel_tool_calls"] is False
     assert calls_of(events) == [ToolCall("functions.get_weather:0", "get_weather", '{"city": "Beijing"}')]
     assert events[-1] == Finished("tool_calls")
-    assert upstream.dropped_tool_calls == 1
+    assert upstream.repairs["extra_tool_calls"] == 1
 
 
 async def test_a_named_tool_choice_keeps_one_call(upstream: UpstreamEngine) -> None:
