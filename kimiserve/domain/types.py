@@ -100,6 +100,10 @@ class GenerationRequest:
     thinking: ThinkingLevel = "none"
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    # Several tool calls in one turn allowed (OpenAI `parallel_tool_calls`, the default there, in
+    # vLLM and in Moonshot's API). False: a turn makes at most one call. A named `tool_choice`
+    # makes exactly one call either way.
+    parallel_tool_calls: bool = True
     prompt_cache_key: str | None = None
     # Prefix-cache namespace (the account id): an engine reuses a cached prompt prefix only for a
     # request of the same scope, so one account can never probe another's prompts by timing or

@@ -124,7 +124,7 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
             failures.append(f"{name}: {turn.finish} {turn.calls} {turn.text!r}")
             continue
         call = turn.calls[0]
-        assert call.name == f"tool_{i}" and call.id.startswith("call_")
+        assert call.name == f"tool_{i}" and call.id == f"functions.tool_{i}:0"
         errors = [e.message for e in validator(SCHEMAS[name]).iter_errors(json.loads(call.arguments))]
         if errors:
             failures.append(f"{name}: {call.arguments} {errors}")

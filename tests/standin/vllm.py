@@ -7,7 +7,9 @@ What it answers depends on the request, so tests can steer it:
 - tools declared and the last message is a user message → one tool call, as vLLM's kimi_k2
   parser streams it (`functions.{name}:{idx}` id, arguments split over deltas);
   `#badtool` in it → arguments that break the schema (the first time per conversation, or
-  always with `#badtool-always`);
+  always with `#badtool-always`); `#parallel` in it → a second call in the same turn (of the
+  last tool declared, `{"city": "Shanghai"}`), streamed as vLLM streams several: each call's
+  deltas under its own `index` (0, 1), its id and name in its first delta;
 - `#error400` → vLLM's 400 error body naming `param`; `#error500` → a 500; `#die` → the process
   exits mid-stream; `#slow` → 50 ms between chunks; `#reason-N` → N reasoning chunks (one token
   each) instead of three;
@@ -309,23 +311,27 @@ class Standin:
                 and not any(m.get("role") == "tool" for m in messages)
             )
             args = ['{"city": ', "42}"] if bad else ['{"city": ', '"Beijing"}']
-            yield chunk(
-                {
-                    "tool_calls": [
-                        {
-                            "id": f"functions.{name}:{index}",
-                            "type": "function",
-                            "index": 0,
-                            "function": {"name": name, "arguments": ""},
-                        }
-                    ]
-                },
-                tokens=2,
-            )
-            for part in args:
-                await asyncio.sleep(delay)
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, tokens=2)
-            produced += 6
+            calls = [(name, args)]
+            if "#parallel" in text:  # a second call in the same turn, of the last tool declared
+                calls.append((tools[-1]["function"]["name"], ['{"city": ', '"Shanghai"}']))
+            for n, (call_name, call_args) in enumerate(calls):
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "id": f"functions.{call_name}:{index + n}",
+                                "type": "function",
+                                "index": n,
+                                "function": {"name": call_name, "arguments": ""},
+                            }
+                        ]
+                    },
+                    tokens=2,
+                )
+                for part in call_args:
+                    await asyncio.sleep(delay)
+                    yield chunk({"tool_calls": [{"index": n, "function": {"arguments": part}}]}, tokens=2)
+                produced += 6
             finish = "tool_calls"
         elif tools and last.get("role") == "tool":
             # a re-ask (or a tool result): call again, now with valid arguments unless told otherwise

@@ -54,6 +54,9 @@ class Core:
             )
             self._think_close = tuple(self.model.tokenize(toolcalls.THINK_CLOSE))
             self._call_open = tuple(self.model.tokenize(toolcalls.CALL_OPEN))
+            self._call_close = tuple(self.model.tokenize(toolcalls.CALL_CLOSE))
+            self._next_call = tuple(self.model.tokenize(toolcalls.CALLS_APART + toolcalls.CALL_OPEN))
+            self._eog = tuple(sorted(self.model.eog_tokens))
             self.scheduler = Scheduler(self.model, config, emit)
             self.scheduler.start()
             self._cancelled_early: set[int] = set()  # cancelled before their submit was handled
@@ -158,6 +161,11 @@ class Core:
             tools=offered,
             forced_call=self._call_open if forced else None,
             lazy_call=bool(offered) and not forced and request.constraint is None,
+            max_calls=toolcalls.max_calls(request),
+            first_index=toolcalls.calls_before(request),
+            call_close=self._call_close,
+            next_call=self._next_call,
+            eog=self._eog,
         )
 
     def cancel(self, job_id: int) -> None:

@@ -69,6 +69,7 @@ class SamplerChain:
         self.handle: llama.llama_sampler_p | None = llama.llama_sampler_chain_init(params)
         self._model = model
         self._eog = model.eog_tokens
+        self._grammar = grammar
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
         self.closing = False  # tokens are being forced to close the JSON before max_tokens
@@ -100,6 +101,18 @@ class SamplerChain:
             for token in prefix[:accepted]:
                 self.tail.feed(self._model.piece(token))
         return accepted
+
+    def restart(self) -> None:
+        """The grammar from its start again, for another tool call in the same turn; it applies
+        from the next activate() on."""
+        grammar = self._grammar
+        if grammar is None:
+            return
+        self.matcher = grammar.matcher()
+        self.tail = JsonTail() if grammar.json else None
+        self.closing = False
+        self.closing_valid = True
+        self.active = False
 
     def accept_forced(self, token: int) -> None:
         """A token the engine wrote itself (not sampled): the chain's history sees it."""

@@ -15,17 +15,26 @@ tokens the engine writes itself instead of sampling (`forced`):
   grammar, as llama.cpp's trigger words). Under `required`/named the engine writes `<tool_call>`
   itself and the grammar applies at once. A request constraint (JSON schema/grammar) applies
   from the first answer token.
-- CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete the
-  sequence ends with a `ToolCallEvent` and `Finished("tool_calls")`. A body cut by `max_tokens`
-  is closed by `JsonTail` (so it parses); it is reported as a call only if the grammar accepts
-  the closed body (the schema holds), otherwise it ends with `length` and no call.
+- CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete its
+  `ToolCallEvent` is emitted at once, with the id `functions.{name}:{idx}` (`idx` counts the
+  conversation's calls, as Kimi numbers them: the history's first, then this turn's). A body cut
+  by `max_tokens` is closed by `JsonTail` (so it parses); it is reported as a call only if the
+  grammar accepts the closed body (the schema holds), otherwise the turn ends with `length` and
+  without that call.
+- NEXT (after a complete call, while the turn may make more: `max_calls`): the engine writes
+  `</tool_call>`, the grammar is restarted for a new call, and the model chooses between
+  end-of-generation (the turn ends, `Finished("tool_calls")`) and `\n` (`choices`: only those
+  tokens can be sampled), after which the engine writes `<tool_call>` and the next body follows
+  under the grammar. With `max_calls` reached the turn ends after the body. A call identical to
+  one the turn already made (same name and arguments) ends the turn and is not reported: the
+  small model, asked for two calls, otherwise repeats them until `max_tokens`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from kimiserve.domain.types import (
     FinishReason,
@@ -37,9 +46,9 @@ from kimiserve.domain.types import (
 from kimiserve.engines.llamacpp.job import Item
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.stops import TextStream
-from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, parse_call
+from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, call_id, parse_call
 
-THINK, CLOSING, ANSWER, CALL = range(4)
+THINK, CLOSING, ANSWER, CALL, NEXT = range(5)
 
 
 class Turn:
@@ -55,6 +64,11 @@ class Turn:
         tools: tuple[ToolSpec, ...] = (),
         forced_call: tuple[int, ...] | None = None,
         lazy_call: bool = False,
+        max_calls: int = 1,
+        first_index: int = 0,
+        call_close: tuple[int, ...] = (),
+        next_call: tuple[int, ...] = (),
+        eog: tuple[int, ...] = (),
     ) -> None:
         self._sampler = sampler
         self._piece = piece
@@ -64,6 +78,16 @@ class Turn:
         self._tools = tools
         self._forced_call = forced_call  # the marker's tokens, written by the engine
         self._lazy_call = lazy_call
+        # Several calls: `</tool_call>` (call_close), then EOG or `\n<tool_call>` (next_call)
+        self._max_calls = max_calls if call_close and next_call else 1
+        self._first_index = first_index  # the conversation's calls before this turn
+        self._call_close = call_close
+        self._next_call = next_call
+        self._eog = eog
+        self.calls = 0  # complete calls so far in this turn
+        self._made: set[tuple[str, str]] = set()  # (name, arguments) of this turn's calls
+        self.choices: tuple[int, ...] = ()  # non-empty: the only tokens the next sample may be
+        self._chosen = False  # NEXT: the model chose another call
         self._think = TextStream((THINK_END,))
         self._text = TextStream(stops + ((CALL_OPEN,) if lazy_call else ()))
         self._closing = False
@@ -123,8 +147,10 @@ class Turn:
             # complete: closed by the model, or closed by the engine at max_tokens in a way the
             # grammar (the schema) still accepts
             sampler = self._sampler
-            self.call_done = tail is not None and tail.done and (not sampler.closing or sampler.closed_valid)
-            return []
+            complete = tail is not None and tail.done and (not sampler.closing or sampler.closed_valid)
+            return self._end_call() if complete else []
+        if self.phase == NEXT:
+            return self._next()
         if self._marker_left > 0:
             self._marker_left -= 1
             if self._marker_left == 0:
@@ -147,6 +173,51 @@ class Turn:
             self._lead = not text
         return [TextDelta(text)] if text else []
 
+    def _end_call(self) -> list[Item]:
+        """A body is complete: its call, then the end of the turn or the way to another call."""
+        call = parse_call(self._call.decode("utf-8", errors="replace"), self._tools, "")
+        self._call.clear()
+        if call is None:  # not a call of the tools (the grammar makes this unreachable)
+            self.call_done = True
+            return []
+        if (call.name, call.arguments) in self._made:  # a repeat ends the turn, unreported
+            self.call_done = True
+            return []
+        self._made.add((call.name, call.arguments))
+        call = replace(call, id=call_id(call.name, self._first_index + self.calls))
+        self.calls += 1
+        if self.calls >= self._max_calls or self._sampler.closing:
+            self.call_done = True  # the scheduler ends the turn: `tool_calls`
+        else:
+            self.phase = NEXT
+            self._chosen = False
+            self._sampler.restart()
+            self.forced.extend(self._call_close)
+            self._marker_left = len(self._call_close)
+        return [ToolCallEvent(call)]
+
+    def _next(self) -> list[Item]:
+        """Between calls: the engine's `</tool_call>`, the model's choice, the engine's
+        `\n<tool_call>` (its first token the model's), then the next body."""
+        if self._marker_left > 0:  # a token the engine wrote
+            self._marker_left -= 1
+            if self._marker_left > 0:
+                return []
+            if not self._chosen:  # `</tool_call>` written: the model chooses
+                self.choices = (self._next_call[0], *self._eog)
+                return []
+        elif not self._chosen:  # the model chose the next call (end-of-generation never gets here)
+            self._chosen = True
+            self.choices = ()
+            rest = self._next_call[1:]
+            self.forced.extend(rest)
+            self._marker_left = len(rest)
+            if rest:
+                return []
+        self.phase = CALL
+        self._sampler.activate([])
+        return []
+
     def finish(self, reason: FinishReason) -> tuple[list[Item], FinishReason]:
         """The items that end the turn, and its finish reason."""
         if self.phase == THINK:
@@ -154,12 +225,6 @@ class Turn:
             return ([ReasoningDelta(text)] if text else []), reason
         if self.phase == ANSWER:
             return self._answer(self._text.flush()), reason
-        if self.phase == CALL and self.call_done:
-            call = parse_call(self._call.decode("utf-8", errors="replace"), self._tools, _call_id())
-            if call is not None:
-                return [ToolCallEvent(call)], "tool_calls"
+        if self.calls and (self.call_done or self.phase == NEXT):
+            return [], "tool_calls"
         return [], reason
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
