@@ -13,7 +13,7 @@ Requests:
   (`GenerationRequest.thinking_budget`, honoured by both engine kinds), under the level nearest
   to it; `adaptive` takes `output_config.effort`'s level (`max` → `xhigh`), else `high`.
 - `tool_choice`: auto → auto, any → required, tool → named, none → none.
-  `disable_parallel_tool_use` is accepted; the canonical request has no switch for it yet.
+  `disable_parallel_tool_use: true` → `parallel_tool_calls` false (at most one call a turn).
 - `output_config.format` (json_schema) is a JSON Schema constraint.
 - A final assistant message (a prefill) is refused: the engines start a new assistant turn.
 
@@ -302,6 +302,7 @@ def to_call(wire: CountTokensRequest, model: str, request_id: str) -> Call:
         thinking_budget=budget,
         tools=tools,
         tool_choice=tool_choice,
+        parallel_tool_calls=not (wire.tool_choice is not None and wire.tool_choice.disable_parallel_tool_use),
     )
     return Call(
         model=model,

@@ -412,6 +412,7 @@ def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str,
         thinking=_EFFORT[effort] if effort is not None else "none",
         tools=tools,
         tool_choice=_tool_choice(req),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
         prompt_cache_key=req.prompt_cache_key,
         keep_reasoning=conv.kept_reasoning,
     )
