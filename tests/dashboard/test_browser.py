@@ -203,6 +203,12 @@ def test_markup_in_prompts_and_names_is_shown_as_text(
     assert HOSTILE.replace('"', '\\"') in (page.text_content("#pg-code-text") or "")
     page.get_by_role("tab", name="openai SDK").click()
     assert "<img src=x" in (page.text_content("#pg-code-text") or "")
+    page.get_by_role("tab", name="Responses API").click()
+    code = page.text_content("#pg-code-text") or ""
+    assert "client.responses.stream(" in code and "instructions=" in code and "<img src=x" in code
+    page.get_by_role("tab", name="anthropic SDK").click()
+    code = page.text_content("#pg-code-text") or ""
+    assert "client.messages.stream(" in code and "system=" in code and "max_tokens=64" in code
     assert page.locator("main img").count() == 0
     assert page.evaluate("window.__pwned === undefined")
     assert page.js_errors == []

@@ -157,6 +157,47 @@
     }
     return task;
   }
+  function responsesRequest(body) {
+    // The same request on OpenAI's Responses API: the system prompt as `instructions`.
+    const system = body.messages.find((m) => m.role === "system");
+    const request = { model: body.model, input: body.messages.filter((m) => m.role !== "system") };
+    if (system) request.instructions = system.content;
+    if (body.max_completion_tokens) request.max_output_tokens = body.max_completion_tokens;
+    if (body.temperature !== undefined) request.temperature = body.temperature;
+    if (body.top_p !== undefined) request.top_p = body.top_p;
+    if (body.reasoning_effort) request.reasoning = { effort: body.reasoning_effort };
+    if (body.tools) {
+      request.tools = body.tools.map((t) => ({
+        type: "function", name: t.function.name, description: t.function.description || "",
+        parameters: t.function.parameters || { type: "object", properties: {} },
+      }));
+    }
+    return request;
+  }
+  function anthropicRequest(body) {
+    // The same request on Anthropic's Messages API: `system` apart, `max_tokens` required.
+    const system = body.messages.find((m) => m.role === "system");
+    const request = {
+      model: body.model,
+      max_tokens: body.max_completion_tokens || 1024,
+      messages: body.messages.filter((m) => m.role !== "system"),
+    };
+    if (system) request.system = system.content;
+    if (body.temperature !== undefined) request.temperature = body.temperature;
+    if (body.top_p !== undefined) request.top_p = body.top_p;
+    if (body.tools) {
+      request.tools = body.tools.map((t) => ({
+        name: t.function.name, description: t.function.description || "",
+        input_schema: t.function.parameters || { type: "object", properties: {} },
+      }));
+    }
+    return request;
+  }
+  function pyKwargs(request) {
+    let args = "";
+    for (const [k, v] of Object.entries(request)) args += "    " + k + "=" + pyLiteral(v, "    ") + ",\n";
+    return args;
+  }
   function renderCode() {
     const body = buildRequest();
     const base = config.base_url;
@@ -175,6 +216,15 @@
         + "    stream=True,\n    stream_options={\"include_usage\": True},\n)\n"
         + "for chunk in stream:\n    if chunk.choices and chunk.choices[0].delta.content:\n"
         + "        print(chunk.choices[0].delta.content, end=\"\", flush=True)\n";
+    } else if (codeLang === "responses") {
+      text = "import os\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=\"" + base + "/v1\", api_key=os.environ[\"KIMISERVE_API_KEY\"])\n"
+        + "with client.responses.stream(\n" + pyKwargs(responsesRequest(body)) + ") as stream:\n"
+        + "    for event in stream:\n        if event.type == \"response.output_text.delta\":\n"
+        + "            print(event.delta, end=\"\", flush=True)\n";
+    } else if (codeLang === "anthropic") {
+      text = "import os\nfrom anthropic import Anthropic\n\nclient = Anthropic(base_url=\"" + base + "\", api_key=os.environ[\"KIMISERVE_API_KEY\"])\n"
+        + "with client.messages.stream(\n" + pyKwargs(anthropicRequest(body)) + ") as stream:\n"
+        + "    for text in stream.text_stream:\n        print(text, end=\"\", flush=True)\n";
     } else {
       const ws = base.replace(/^http/, "ws") + "/v1";
       text = "import asyncio, os\nfrom runware import Runware\nfrom runware.types import ITextInference\n\n\n"
