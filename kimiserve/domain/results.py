@@ -16,6 +16,7 @@ from kimiserve.domain.types import (
     PipelineEvent,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallEvent,
     ToolCitation,
@@ -45,6 +46,8 @@ class GenerationResult:
     cost_micros: int
     # The built-in tools' runs, in order (each with its call), for the server-side tool loop.
     builtin: tuple[BuiltinToolResult, ...] = ()
+    # The text's tokens with their logprobs, in order; None unless some text delta carried them.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def citations(self) -> tuple[ToolCitation, ...]:
@@ -80,10 +83,15 @@ class Accumulator:
         self.builtin: list[BuiltinToolResult] = []
         self.usage = Usage(0, 0)
         self.finish: FinishReason = "unknown"
+        self.logprobs: list[TokenLogprob] | None = None
 
     def add(self, event: PipelineEvent) -> None:
         if isinstance(event, TextDelta):
             self.text.append(event.text)
+            if event.logprobs is not None:
+                if self.logprobs is None:
+                    self.logprobs = []
+                self.logprobs.extend(event.logprobs)
         elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
         elif isinstance(event, ToolCallEvent):
@@ -105,6 +113,7 @@ class Accumulator:
             finish_reason=self.finish,
             cost_micros=self._model.price.cost(self.usage),
             builtin=tuple(self.builtin),
+            logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
         )
 
 

@@ -157,6 +157,7 @@ class Core:
             tools=offered,
             forced_call=self._call_open if forced else None,
             lazy_call=bool(offered) and not forced and request.constraint is None,
+            logprobs=request.sampling.logprobs is not None,
         )
 
     def cancel(self, job_id: int) -> None:

@@ -5,7 +5,10 @@ Reads what vLLM, SGLang, llama-server and hosted APIs send: reasoning as `reason
 by `index` (the id and name in the first, the arguments split over the rest); usage in the last
 chunk (`stream_options.include_usage`) with `prompt_tokens_details.cached_tokens` and
 `completion_tokens_details.reasoning_tokens`. Tool calls are held until the stream ends, so they
-can be validated whole before anything of them reaches the client.
+can be validated whole before anything of them reaches the client. Logprobs (asked with
+`logprobs`/`top_logprobs`) come as each choice's `logprobs.content`, OpenAI's shape, which vLLM
+and SGLang send too; they go with the chunk's content (those of reasoning or tool-call chunks
+are not kept: OpenAI's `logprobs.content` covers the message content).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from kimiserve.domain.types import (
     FinishReason,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
@@ -91,6 +95,28 @@ def usage_of(raw: dict[str, Any]) -> Usage:
     )
 
 
+def _logprob(raw: Any, top: bool = True) -> TokenLogprob | None:
+    """One `logprobs.content[]` entry (or one of its `top_logprobs`); None if it is not one.
+    `bytes` may be null (vLLM, for a token not valid UTF-8 alone): then the token's UTF-8."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("logprob"), int | float):
+        return None
+    token = str(raw.get("token") or "")
+    data = raw.get("bytes")
+    token_bytes = bytes(data) if isinstance(data, list) else token.encode()
+    alternatives = [_logprob(t, top=False) for t in raw.get("top_logprobs") or ()] if top else []
+    return TokenLogprob(
+        token, float(raw["logprob"]), token_bytes, tuple(a for a in alternatives if a is not None)
+    )
+
+
+def logprobs_of(choice: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """A choice's `logprobs.content` as entries; None when the chunk carries none."""
+    raw = choice.get("logprobs")
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
+        return None
+    return tuple(e for e in map(_logprob, raw["content"]) if e is not None)
+
+
 @dataclass
 class ChunkReader:
     """Feed it chunks (parsed JSON) in order; it returns the events to yield now and keeps the
@@ -112,7 +138,7 @@ class ChunkReader:
                 events.append(ReasoningDelta(str(reasoning)))
             content = delta.get("content")
             if content:
-                events.append(TextDelta(str(content)))
+                events.append(TextDelta(str(content), logprobs_of(choice)))
             for part in delta.get("tool_calls") or ():
                 self._call_delta(part)
             if choice.get("finish_reason"):
