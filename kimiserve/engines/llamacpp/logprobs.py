@@ -8,8 +8,8 @@ One engine change sits in the row itself: right after a reasoning section, end-o
 banned (-inf) until the answer has text (`turn.py`), so it never appears among those tokens'
 alternatives.
 
-Only computed for requests that ask (`Sampling.logprobs` not None): a log-sum-exp and one
-`argpartition` over the vocabulary per answer token (tens of microseconds for 49k tokens).
+Only computed for requests that ask (`Sampling.logprobs` not None): per answer token a
+log-sum-exp over the vocabulary and one `argmax` per alternative.
 """
 
 from __future__ import annotations
@@ -29,14 +29,24 @@ def token_logprob(
     """`token`'s logprob under `row` (raw logits), with the `top` most likely tokens (most likely
     first; equal logits in token-id order). `piece`: a token's bytes in output text."""
     peak = float(row.max())
-    total = math.log(float(np.exp(row - peak, dtype=np.float64).sum())) + peak
-    alternatives: tuple[TokenLogprob, ...] = ()
-    if top > 0:
-        top = min(top, row.shape[0])
-        ids = np.argpartition(-row, top - 1)[:top]
-        ids = ids[np.lexsort((ids, -row[ids]))]
-        alternatives = tuple(_entry(int(i), float(row[i]) - total, piece) for i in ids)
-    return _entry(token, float(row[token]) - total, piece, alternatives)
+    total = math.log(float(np.exp(row - peak).sum(dtype=np.float64))) + peak
+    return _entry(token, float(row[token]) - total, piece, _top(row, top, total, piece))
+
+
+def _top(
+    row: npt.NDArray[np.float32], top: int, total: float, piece: Callable[[int], bytes]
+) -> tuple[TokenLogprob, ...]:
+    """The `top` most likely tokens: one `argmax` each over a copy (for up to 20 of 49k tokens
+    several times faster than `argpartition`; ties go to the lower id, as argmax picks)."""
+    if top <= 0:
+        return ()
+    left = row.copy()
+    out = []
+    for _ in range(min(top, row.shape[0])):
+        best = int(left.argmax())
+        out.append(_entry(best, float(row[best]) - total, piece))
+        left[best] = -np.inf
+    return tuple(out)
 
 
 def _entry(
