@@ -7,8 +7,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import (
     BuiltinToolResult,
+    Charged,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -22,7 +24,6 @@ from kimiserve.domain.types import (
     ToolCitation,
     Usage,
 )
-from kimiserve.engines.registry import ServedModel
 
 UINT32 = 2**32
 
@@ -84,6 +85,7 @@ class Accumulator:
         self.usage = Usage(0, 0)
         self.finish: FinishReason = "unknown"
         self.logprobs: list[TokenLogprob] | None = None
+        self.charged: int | None = None
 
     def add(self, event: PipelineEvent) -> None:
         if isinstance(event, TextDelta):
@@ -102,6 +104,8 @@ class Accumulator:
             self.finish = event.reason
         elif isinstance(event, BuiltinToolResult):
             self.builtin.append(event)
+        elif isinstance(event, Charged):
+            self.charged = event.cost_micros
 
     def result(self) -> GenerationResult:
         return GenerationResult(
@@ -111,7 +115,7 @@ class Accumulator:
             tool_calls=tuple(self.calls),
             usage=self.usage,
             finish_reason=self.finish,
-            cost_micros=self._model.price.cost(self.usage),
+            cost_micros=self.charged if self.charged is not None else self._model.price.cost(self.usage),
             builtin=tuple(self.builtin),
             logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
         )
