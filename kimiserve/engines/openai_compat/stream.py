@@ -101,7 +101,7 @@ def usage_of(raw: dict[str, Any]) -> Usage:
 
 def _logprob(raw: Any, top: bool = True) -> TokenLogprob | None:
     """One `logprobs.content[]` entry (or one of its `top_logprobs`); None if it is not one.
-    `bytes` may be null (vLLM, for a token not valid UTF-8 alone): then the token's UTF-8."""
+    `bytes` may be null (vLLM's schema allows it): then the token's UTF-8 stands in."""
     if not isinstance(raw, dict) or not isinstance(raw.get("logprob"), int | float):
         return None
     token = str(raw.get("token") or "")
