@@ -18,6 +18,7 @@ from kimiserve.domain.types import (
     PipelineEvent,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallEvent,
     ToolCitation,
@@ -46,6 +47,8 @@ class GenerationResult:
     cost_micros: int
     # The built-in tools' runs, in order (each with its call), for the server-side tool loop.
     builtin: tuple[BuiltinToolResult, ...] = ()
+    # The text's tokens with their logprobs, in order; None unless some text delta carried them.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def citations(self) -> tuple[ToolCitation, ...]:
@@ -81,11 +84,16 @@ class Accumulator:
         self.builtin: list[BuiltinToolResult] = []
         self.usage = Usage(0, 0)
         self.finish: FinishReason = "unknown"
+        self.logprobs: list[TokenLogprob] | None = None
         self.charged: int | None = None
 
     def add(self, event: PipelineEvent) -> None:
         if isinstance(event, TextDelta):
             self.text.append(event.text)
+            if event.logprobs is not None:
+                if self.logprobs is None:
+                    self.logprobs = []
+                self.logprobs.extend(event.logprobs)
         elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
         elif isinstance(event, ToolCallEvent):
@@ -109,6 +117,7 @@ class Accumulator:
             finish_reason=self.finish,
             cost_micros=self.charged if self.charged is not None else self._model.price.cost(self.usage),
             builtin=tuple(self.builtin),
+            logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
         )
 
 

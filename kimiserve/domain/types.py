@@ -79,6 +79,9 @@ class Sampling:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # Log probabilities of the answer's tokens: None off; N (0-20) each token's logprob plus its
+    # N most likely alternatives (OpenAI `logprobs: true` with `top_logprobs: N`).
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,23 @@ def reasoning_budget(request: GenerationRequest) -> int:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, its UTF-8 bytes (a character may span tokens, so `token`
+    can hold U+FFFD where `token_bytes` does not), its log probability, and the most likely
+    alternatives at that position (most likely first; empty for an alternative itself)."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The logprobs of the tokens this text came from, when the request asked for them
+    # (`Sampling.logprobs`); None when it did not (or the engine gave none).
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

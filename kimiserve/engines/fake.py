@@ -4,8 +4,9 @@ It speaks the same events as a real engine: the text is derived from the seed an
 message so tests can tell generations apart; `fail_after` makes a stream die mid-way,
 `delay_s` makes it slow and `refuse` makes `check` (and so `generate`) refuse every request
 with that error. `script` replays scripted events instead, one list per round of the pipeline's
-built-in tools' loop (tool calls included), so the loop is tested without a model. Never used on
-the main path: tests there run the real model.
+built-in tools' loop (tool calls included), so the loop is tested without a model. Asked for
+logprobs, each word is one token of logprob 0 (the fake is sure), its alternatives made up.
+Never used on the main path: tests there run the real model.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from kimiserve.domain.types import (
     GenerationRequest,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallEvent,
     Usage,
 )
 from kimiserve.engines.base import Capabilities, Health
 from kimiserve.errors import EngineError, InvalidRequest, UnsupportedFeature
+
+
+def _logprob(piece: str, top: int) -> TokenLogprob:
+    alternatives = tuple(TokenLogprob(f"alt{k}", -100.0 * k, f"alt{k}".encode()) for k in range(1, top))
+    entry = TokenLogprob(piece, 0.0, piece.encode())
+    return TokenLogprob(piece, 0.0, piece.encode(), (entry, *alternatives)[:top])
 
 
 def prompt_tokens(request: GenerationRequest) -> int:
@@ -75,7 +83,9 @@ class FakeEngine:
                 raise EngineError("The fake engine failed on purpose.")
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            yield TextDelta(("" if produced == 0 else " ") + word)
+            piece = ("" if produced == 0 else " ") + word
+            top = request.sampling.logprobs
+            yield TextDelta(piece, None if top is None else (_logprob(piece, top),))
             produced += 1
         yield Usage(prompt_tokens=prompt_tokens(request), completion_tokens=produced)
         yield Finished("length" if produced < len(words) else "stop")

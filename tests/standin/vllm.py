@@ -25,6 +25,9 @@ What it answers depends on the request, so tests can steer it:
   (an agent's tool, whatever its schema), and once its result is the last message, the answer
   `tool said: <the result>` (no second call); `#notool` → the echo even with tools declared;
 - `stream_options.continuous_usage_stats` → a running `usage` in every chunk, as vLLM sends it;
+- `logprobs: true` (with `top_logprobs: N`) → each content chunk's `logprobs.content` holds its
+  word's entry (`logprob` -0.25 × (position + 1), `top_logprobs`: the word itself, then N - 1
+  made-up alternatives), as vLLM shapes them;
 - K2.6's own mistakes (README: the issue each replays), marker anywhere in the conversation:
   `#empty-answer` / `#reasoning-only` → reasoning, then no content and no call, `stop` (the first
   time this exact conversation is asked and not as a continuation; always with `-always`);
@@ -198,10 +201,15 @@ class Standin:
         running = (body.get("stream_options") or {}).get("continuous_usage_stats", False)
         emitted = 0
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, tokens: int = 0) -> str:
+        def chunk(
+            delta: dict[str, Any],
+            finish: str | None = None,
+            tokens: int = 0,
+            logprobs: dict[str, Any] | None = None,
+        ) -> str:
             nonlocal emitted
             emitted += tokens
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             data: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -360,7 +368,11 @@ class Standin:
                     await asyncio.sleep(0.05)  # what came before it reaches the client first
                     os._exit(1)  # the replica dies mid-stream, as a crashed engine process does
                 await asyncio.sleep(delay)
-                yield chunk({"content": ("" if i == 0 else " ") + word}, tokens=1)
+                piece = ("" if i == 0 else " ") + word
+                logprobs = (
+                    word_logprobs(piece, i, body.get("top_logprobs") or 0) if body.get("logprobs") else None
+                )
+                yield chunk({"content": piece}, tokens=1, logprobs=logprobs)
                 produced += 1
         yield chunk({"content": ""}, finish)
         first = text_of(messages[0]) if messages else ""
@@ -384,6 +396,18 @@ class Standin:
         }
         yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
+
+
+def word_logprobs(piece: str, position: int, top: int) -> dict[str, Any]:
+    """One chunk's `logprobs` as vLLM's chat stream sends it (`ChatCompletionLogProbs`, no
+    `refusal` key): `content` with one `ChatCompletionLogProbsContent` per token."""
+    logprob = -0.25 * (position + 1)
+
+    def entry(token: str, value: float) -> dict[str, Any]:
+        return {"token": token, "logprob": value, "bytes": list(token.encode("utf-8", errors="replace"))}
+
+    alternatives = [entry(piece, logprob)] + [entry(f"alt{k}", logprob - k) for k in range(1, top)]
+    return {"content": [{**entry(piece, logprob), "top_logprobs": alternatives[:top]}]}
 
 
 FAULTS = (

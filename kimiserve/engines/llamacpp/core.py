@@ -166,6 +166,7 @@ class Core:
             call_close=self._call_close,
             next_call=self._next_call,
             eog=self._eog,
+            logprobs=request.sampling.logprobs is not None,
         )
 
     def cancel(self, job_id: int) -> None:

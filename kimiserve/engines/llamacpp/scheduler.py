@@ -36,9 +36,10 @@ import llama_cpp as llama
 import numpy as np
 import numpy.typing as npt
 
-from kimiserve.domain.types import Finished, FinishReason, Usage
+from kimiserve.domain.types import Finished, FinishReason, TokenLogprob, Usage
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.job import Emit, Item, Job, Outbox
+from kimiserve.engines.llamacpp.logprobs import token_logprob
 from kimiserve.engines.llamacpp.model import NativeModel
 from kimiserve.engines.llamacpp.slot import Slot
 from kimiserve.errors import EngineError, EngineOverloaded, KimiserveError, ServiceUnavailable
@@ -259,24 +260,21 @@ class Scheduler:
         if job.turn.forced:  # a token the engine writes itself (closing a reasoning section...)
             token = job.turn.forced.popleft()
             sampler.accept_forced(token)
-            self._accept(slot, token)
+            self._accept(slot, token, self._logprob(job, token, index))
         elif not sampler.constrained:
             choices = job.turn.choices
             if job.turn.answer_pending or choices:
-                row = np.ctypeslib.as_array(
-                    llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
-                )
+                row = self._row(index)
                 if choices:  # between two tool calls: end the turn or open the next call
                     kept = row[list(choices)].copy()
                     row[:] = -np.inf
                     row[list(choices)] = kept
                 else:  # after a reasoning section: the answer may not be empty
                     row[self._eog] = -np.inf
-            self._accept(slot, slot.sampler_sample(self._ctx, index))
+            token = slot.sampler_sample(self._ctx, index)
+            self._accept(slot, token, self._logprob(job, token, index))
         else:
-            row = np.ctypeslib.as_array(
-                llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
-            )
+            row = self._row(index)
             if slot.mask is not None and not slot.mask.done():
                 slot.parked = row.copy()
                 return
@@ -297,9 +295,23 @@ class Scheduler:
         except EngineError as exc:
             self._release(slot, error=exc)
             return
-        self._accept(slot, token)
+        self._accept(slot, token, self._logprob(job, token, row))
         if slot.job is job:  # still generating: the mask for the next token, beside the decode
             self._start_mask(slot)
+
+    def _row(self, index: int) -> npt.NDArray[np.float32]:
+        """Output `index` of the last decode: a view of llama.cpp's logits (valid until the next)."""
+        return np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
+        )
+
+    def _logprob(self, job: Job, token: int, row: int | npt.NDArray[np.float32]) -> TokenLogprob | None:
+        """The token's logprob (`logprobs.py`) when the request asks and it is answer text; `row`:
+        the logits, or their output index in the last decode."""
+        top = job.sampling.logprobs
+        if top is None or not job.turn.writes_text or token in self._model.eog_tokens:
+            return None
+        return token_logprob(self._row(row) if isinstance(row, int) else row, token, top, self._model.piece)
 
     def _unpark(self) -> None:
         for slot in [s for s in self._order if s.parked is not None and _ready(s.mask)]:
@@ -371,7 +383,7 @@ class Scheduler:
         """Prompt plus completion fill the sequence's context (the last token is never decoded)."""
         return slot.n_past + 1 >= self._model.n_ctx_seq
 
-    def _accept(self, slot: Slot, token: int) -> None:
+    def _accept(self, slot: Slot, token: int, logprob: TokenLogprob | None = None) -> None:
         job = slot.job
         assert job is not None
         slot.generated += 1
@@ -382,7 +394,7 @@ class Scheduler:
                 return
             token = turn.forced.popleft()  # the end of a reasoning section: closed, answer follows
             job.sampler.accept_forced(token)
-        items = turn.feed(token)
+        items = turn.feed(token, logprob)
         max_tokens = job.sampling.max_tokens
         if turn.stopped:
             self._finish(slot, "stop", items)

@@ -14,7 +14,11 @@ tokens the engine writes itself instead of sampling (`forced`):
   watched like a stop string: when the model writes it, the call grammar starts there (a lazy
   grammar, as llama.cpp's trigger words). Under `required`/named the engine writes `<tool_call>`
   itself and the grammar applies at once. A request constraint (JSON schema/grammar) applies
-  from the first answer token.
+  from the first answer token. With logprobs asked, each `TextDelta` carries the logprobs of the
+  tokens its text came from: a token whose text is held back (a stop-string prefix, part of a
+  character) goes with the delta that releases it; tokens whose text is dropped (whitespace
+  after `</think>`, a stop string) are dropped with it, except that a token holding both text
+  and the start of a stop string stays, whole, with its text.
 - CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete its
   `ToolCallEvent` is emitted at once, with the id `functions.{name}:{idx}` (`idx` counts the
   conversation's calls, as Kimi numbers them: the history's first, then this turn's). A body cut
@@ -40,6 +44,7 @@ from kimiserve.domain.types import (
     FinishReason,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallEvent,
     ToolSpec,
 )
@@ -69,6 +74,7 @@ class Turn:
         call_close: tuple[int, ...] = (),
         next_call: tuple[int, ...] = (),
         eog: tuple[int, ...] = (),
+        logprobs: bool = False,
     ) -> None:
         self._sampler = sampler
         self._piece = piece
@@ -94,6 +100,8 @@ class Turn:
         self._lead = budget > 0  # strip the whitespace that follows `</think>`
         self._marker_left = 0
         self._call = bytearray()
+        self._logprobs = logprobs  # text deltas carry their tokens' logprobs
+        self._pending: list[TokenLogprob] = []  # of answer tokens whose text is not out yet
         self.forced: deque[int] = deque()
         self.reasoning_tokens = 0
         self.stopped = False  # a user stop string ended the answer
@@ -111,6 +119,11 @@ class Turn:
             self._sampler.activate([])  # the request's constraint, if any, from here on
 
     @property
+    def writes_text(self) -> bool:
+        """The next token is answer text (its logprob is wanted, when asked)."""
+        return self.phase == ANSWER and self._marker_left == 0
+
+    @property
     def answer_pending(self) -> bool:
         """After a reasoning section, no answer text yet: the engine bans end-of-generation."""
         return self.phase == ANSWER and self._lead and self._marker_left == 0
@@ -123,7 +136,8 @@ class Turn:
             return bool(self.forced)
         return False
 
-    def feed(self, token: int) -> list[Item]:
+    def feed(self, token: int, logprob: TokenLogprob | None = None) -> list[Item]:
+        """The items one token makes; `logprob`: the token's, for an answer token when asked."""
         piece = self._piece(token)
         if self.phase == THINK:
             self.reasoning_tokens += 1
@@ -157,6 +171,8 @@ class Turn:
                 self.phase = CALL
                 self._sampler.activate([])
             return []
+        if logprob is not None:
+            self._pending.append(logprob)
         return self._answer(self._text.feed(piece))
 
     def _answer(self, text: str) -> list[Item]:
@@ -168,10 +184,20 @@ class Turn:
                 self._call += b"".join(self._piece(t) for t in prefix[:accepted])
             else:
                 self.stopped = True
+        raw = text
         if self._lead:
             text = text.lstrip()
             self._lead = not text
-        return [TextDelta(text)] if text else []
+        if not text:
+            # Held back (a stop prefix, a character not complete yet): its tokens wait for the
+            # text. Dropped (leading whitespace, a stop string): so are their logprobs.
+            if raw or self._text.stopped:
+                self._pending.clear()
+            return []
+        logprobs = None
+        if self._logprobs:
+            logprobs, self._pending = tuple(self._pending), []
+        return [TextDelta(text, logprobs)]
 
     def _end_call(self) -> list[Item]:
         """A body is complete: its call, then the end of the turn or the way to another call."""

@@ -8,6 +8,10 @@ chunk (`stream_options.include_usage`) with `prompt_tokens_details.cached_tokens
 can be validated whole before anything of them reaches the client. Kimi's raw tool-call markers
 in `content` or the reasoning are taken out of the text as it streams (repairs.MarkerFilter) and
 kept as calls; a call id that changes under one `index` starts another call (vllm issue 24478).
+Logprobs (asked with `logprobs`/`top_logprobs`) come as each choice's `logprobs.content`,
+OpenAI's shape, which vLLM and SGLang send too; they go with the content text they came with,
+or, for content held back as a possible marker, with the text that is shown next (those of
+reasoning or tool-call chunks are not kept: OpenAI's `logprobs.content` covers the content).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from kimiserve.domain.types import (
     FinishReason,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
@@ -94,6 +99,28 @@ def usage_of(raw: dict[str, Any]) -> Usage:
     )
 
 
+def _logprob(raw: Any, top: bool = True) -> TokenLogprob | None:
+    """One `logprobs.content[]` entry (or one of its `top_logprobs`); None if it is not one.
+    `bytes` may be null (vLLM's schema allows it): then the token's UTF-8 stands in."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("logprob"), int | float):
+        return None
+    token = str(raw.get("token") or "")
+    data = raw.get("bytes")
+    token_bytes = bytes(data) if isinstance(data, list) else token.encode()
+    alternatives = [_logprob(t, top=False) for t in raw.get("top_logprobs") or ()] if top else []
+    return TokenLogprob(
+        token, float(raw["logprob"]), token_bytes, tuple(a for a in alternatives if a is not None)
+    )
+
+
+def logprobs_of(choice: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """A choice's `logprobs.content` as entries; None when the chunk carries none."""
+    raw = choice.get("logprobs")
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
+        return None
+    return tuple(e for e in map(_logprob, raw["content"]) if e is not None)
+
+
 @dataclass
 class ChunkReader:
     """Feed it chunks (parsed JSON) in order; it returns the events to yield now and keeps the
@@ -108,6 +135,7 @@ class ChunkReader:
     content: MarkerFilter = field(default_factory=MarkerFilter)
     thinking: MarkerFilter = field(default_factory=MarkerFilter)
     _index: dict[int, int] = field(default_factory=dict)  # upstream index → key in `calls`
+    _logprobs: list[TokenLogprob] | None = None  # of content not shown yet (none asked: None)
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         if isinstance(chunk.get("usage"), dict):
@@ -119,8 +147,10 @@ class ChunkReader:
             if reasoning and (shown := self.thinking.feed(str(reasoning))):
                 events.append(ReasoningDelta(shown))
             content = delta.get("content")
-            if content and (shown := self.content.feed(str(content))):
-                events.append(self._text(shown))
+            if content:
+                self._hold(logprobs_of(choice))
+                if shown := self.content.feed(str(content)):
+                    events.append(self._text(shown))
             for part in delta.get("tool_calls") or ():
                 self._call_delta(part)
             if choice.get("finish_reason"):
@@ -137,9 +167,16 @@ class ChunkReader:
             events.append(self._text(content))
         return events
 
+    def _hold(self, entries: tuple[TokenLogprob, ...] | None) -> None:
+        if entries is not None:
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(entries)
+
     def _text(self, text: str) -> TextDelta:
         self.answered = self.answered or bool(text.strip())
-        return TextDelta(text)
+        held, self._logprobs = self._logprobs, None
+        return TextDelta(text, tuple(held) if held is not None else None)
 
     def leaked(self) -> list[RawCall]:
         """Calls found as raw markers in the content or the reasoning."""

@@ -156,6 +156,9 @@ def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict
         body["max_tokens"] = s.max_tokens
     if s.stop:
         body["stop"] = list(s.stop)
+    if s.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = s.logprobs
     if dialect in ("vllm", "sglang", "openai"):
         # Sampler extensions vLLM, SGLang and llama-server take; hosted APIs reject or lock them.
         if s.top_k:

@@ -108,7 +108,12 @@ async def _frames(
             yield chunk(index, {"role": "assistant", "content": ""})
         async for index, event in events:
             if isinstance(event, TextDelta) and event.text:
-                yield chunk(index, {"content": event.text})
+                delta = {"content": event.text}
+                yield frame(
+                    translate.chunk(
+                        reply, index, delta, with_usage=include_usage, token_logprobs=event.logprobs
+                    )
+                )
             elif isinstance(event, ReasoningDelta) and event.text:
                 yield chunk(index, {"reasoning_content": event.text})
             elif isinstance(event, ToolCallEvent):

@@ -27,12 +27,13 @@ from kimiserve.domain.types import (
     Message,
     Sampling,
     ThinkingLevel,
+    TokenLogprob,
     ToolCall,
     ToolChoice,
     ToolSpec,
     Usage,
 )
-from kimiserve.errors import InvalidRequest, UnsupportedFeature
+from kimiserve.errors import InvalidRequest
 from kimiserve.protocols.openai.errors import from_validation
 from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ContentPart, ResponseFormat
 
@@ -225,8 +226,8 @@ def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
         raise InvalidRequest(
             "stream_options is only allowed when stream is true.", parameter="stream_options"
         )
-    if chat.logprobs:
-        raise UnsupportedFeature("logprobs are not available on this server.", parameter="logprobs")
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true.", parameter="top_logprobs")
 
 
 def to_call(chat: ChatCompletionRequest, request_id: str) -> Call:
@@ -260,6 +261,7 @@ def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
         max_tokens=chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
         stop=tuple(s for s in stop if s),
         ignore_eos=bool(chat.ignore_eos),
+        logprobs=(chat.top_logprobs or 0) if chat.logprobs else None,
     )
     return GenerationRequest(
         model=chat.model,
@@ -323,12 +325,34 @@ def usage(usages: Sequence[Usage]) -> dict[str, Any]:
     }
 
 
+# OpenAI's floor for a logprob too small to matter (its API documents -9999.0 for tokens outside
+# the top 20); also what a -inf (a token the engine banned) is written as, since JSON has no -inf.
+LOGPROB_FLOOR = -9999.0
+
+
+def _top_logprob(entry: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": entry.token,
+        "logprob": max(entry.logprob, LOGPROB_FLOOR),
+        "bytes": list(entry.token_bytes),
+    }
+
+
+def logprobs(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A choice's (or a chunk's) `logprobs` object; None (null) when the request asked none."""
+    if entries is None:
+        return None
+    content = [{**_top_logprob(e), "top_logprobs": [_top_logprob(t) for t in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
 def completion(reply: Reply, results: Sequence[GenerationResult]) -> dict[str, Any]:
     choices = []
     for index, r in enumerate(results):
-        # As OpenAI: a message that only calls tools has `content: null`.
+        # As OpenAI: a message that only calls tools has `content: null`; `refusal` is required
+        # (nullable) in its schema, and no engine here refuses in-band.
         content = r.text if r.text or not r.tool_calls else None
-        message: dict[str, Any] = {"role": "assistant", "content": content}
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if r.reasoning:
             message["reasoning_content"] = r.reasoning
         if r.tool_calls:
@@ -337,7 +361,7 @@ def completion(reply: Reply, results: Sequence[GenerationResult]) -> dict[str, A
             {
                 "index": index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs(r.logprobs),
                 "finish_reason": finish_reason(r.finish_reason),
             }
         )
@@ -358,13 +382,17 @@ def chunk(
     finish: str | None = None,
     *,
     with_usage: bool = False,
+    token_logprobs: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
+    """One chunk of choice `index`; `token_logprobs`: those of the tokens in this delta's content
+    (None: not asked, `logprobs: null`)."""
+    choice = {"index": index, "delta": delta, "logprobs": logprobs(token_logprobs), "finish_reason": finish}
     out: dict[str, Any] = {
         "id": reply.id,
         "object": "chat.completion.chunk",
         "created": reply.created,
         "model": reply.model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [choice],
     }
     if with_usage:
         out["usage"] = None  # as OpenAI: present on every chunk once include_usage is asked

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from kimiserve.domain import capabilities
+from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.served import ServedModel
-from kimiserve.domain.types import Constraint, Message, ToolCall, ToolChoice
+from kimiserve.domain.types import Constraint, Message, TokenLogprob, ToolCall, ToolChoice, Usage
 from kimiserve.engines.base import Capabilities
 from kimiserve.engines.fake import FakeEngine
 from kimiserve.errors import (
@@ -165,10 +167,56 @@ def test_tool_call_streams_as_openai_does() -> None:
     assert rest == {"index": 1, "function": {"arguments": '{"a": 1}'}}
 
 
-def test_logprobs_refused() -> None:
-    with pytest.raises(UnsupportedFeature) as info:
-        request(logprobs=True)
-    assert info.value.parameter == "logprobs"
+def test_logprobs_reach_the_sampling() -> None:
+    assert request().sampling.logprobs is None
+    assert request(logprobs=False).sampling.logprobs is None
+    assert request(logprobs=True).sampling.logprobs == 0  # OpenAI's default: no alternatives
+    assert request(logprobs=True, top_logprobs=20).sampling.logprobs == 20
+
+
+@pytest.mark.parametrize("fields", [{"top_logprobs": 3}, {"logprobs": False, "top_logprobs": 0}])
+def test_top_logprobs_without_logprobs_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        request(**fields)
+    assert info.value.parameter == "top_logprobs"
+
+
+@pytest.mark.parametrize("value", [-1, 21])
+def test_top_logprobs_bounds_named(value: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        request(logprobs=True, top_logprobs=value)
+    assert info.value.parameter == "top_logprobs"
+
+
+def result(text: str, logprobs: tuple[TokenLogprob, ...] | None) -> GenerationResult:
+    return GenerationResult(0, text, "", (), Usage(1, 1), "stop", 0, logprobs=logprobs)
+
+
+def test_logprobs_rendered_as_openai_does() -> None:
+    alt = TokenLogprob("é", -math.inf, "é".encode())
+    entry = TokenLogprob("é", -0.5, "é".encode(), (TokenLogprob("é", -0.5, "é".encode()), alt))
+    reply = translate.Reply("chatcmpl-1", "kimi-k2.6", 0)
+    [choice] = translate.completion(reply, [result("é", (entry,))])["choices"]
+    assert choice["message"]["refusal"] is None
+    assert choice["logprobs"] == {
+        "content": [
+            {
+                "token": "é",
+                "logprob": -0.5,
+                "bytes": [195, 169],
+                "top_logprobs": [
+                    {"token": "é", "logprob": -0.5, "bytes": [195, 169]},
+                    {"token": "é", "logprob": -9999.0, "bytes": [195, 169]},  # JSON has no -inf
+                ],
+            }
+        ],
+        "refusal": None,
+    }
+    [plain] = translate.completion(reply, [result("é", None)])["choices"]
+    assert plain["logprobs"] is None and "refusal" in plain["message"]
+    chunk = translate.chunk(reply, 0, {"content": "é"}, token_logprobs=(entry,))
+    assert chunk["choices"][0]["logprobs"] == choice["logprobs"]
+    assert translate.chunk(reply, 0, {"content": "é"})["choices"][0]["logprobs"] is None
 
 
 def test_video_part_named() -> None:
