@@ -31,15 +31,17 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from kimiserve.domain.types import Constraint
+from kimiserve.engines.llamacpp.schemas import enforceable, refusal
 from kimiserve.errors import GrammarError
 
 # JSON as the model should write it: compact separators, no free whitespace (small models
-# otherwise fill maxTokens with newlines). `lenient`: keywords llguidance does not implement
-# (unknown `format`s, ...) are ignored rather than refused, as OpenAI-style servers do;
+# otherwise fill maxTokens with newlines). Not `lenient`: a keyword llguidance does not implement
+# is refused, never ignored (`schemas.py` rewrites what it can first, and drops the `format`
+# names outside the JSON Schema vocabulary, which are annotations);
 # `coerce_one_of`: `oneOf` is enforced as `anyOf` (an output may match two branches).
 JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
     "whitespace_flexible": False,
-    "lenient": True,
+    "lenient": False,
     "coerce_one_of": True,
 }
 INTEGER_LIMIT = 10**16 - 1
@@ -141,7 +143,7 @@ class GrammarCache:
             except RecursionError as exc:
                 raise GrammarError("The JSON schema nests too deeply.", parameter=PARAMETER) from exc
             try:
-                schema = bound_integers(schema)
+                schema = prepare(schema)
                 source = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
             except (ValueError, TypeError) as exc:
                 raise GrammarError(f"The JSON schema is not usable: {exc}", parameter=PARAMETER) from exc
@@ -161,13 +163,19 @@ class GrammarCache:
                 raise GrammarError(f"The grammar does not parse: {exc}", parameter=PARAMETER) from exc
         matcher = llguidance.LLMatcher(self._tokenizer, source, log_level=0, limits=self._limits)
         if matcher.is_error():
+            error = matcher.get_error()
             raise GrammarError(
-                f"The constraint does not compile: {_short(matcher.get_error())}", parameter=PARAMETER
+                refusal(error) or f"The constraint does not compile: {_short(error)}", parameter=PARAMETER
             )
         return Grammar(matcher, json=kind in ("json", "calls"))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prepare(schema: Any) -> Any:
+    """The schema as it is compiled: integers and times bounded, then `schemas.enforceable`."""
+    return enforceable(bound_integers(schema))
 
 
 def bound_integers(node: Any) -> Any:

@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 from kimiserve.domain.types import GenerationRequest, Message, ToolCall, ToolSpec
-from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, bound_integers
+from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, prepare
 from kimiserve.errors import InvalidRequest
 
 CALL_OPEN = "<tool_call>"
@@ -112,15 +112,16 @@ def _schema(tool: ToolSpec) -> Any:
 def arguments_schema(tool: ToolSpec) -> str:
     """The JSON text of the schema a tool's arguments are generated under.
 
-    An empty schema (`{}`) means any arguments object. Integers without bounds get ±(10**16-1),
-    objects that declare their properties admit no others (`close_objects`), and llguidance's
-    options (compact JSON, lenient, oneOf as anyOf) travel in `x-guidance`.
+    An empty schema (`{}`) means any arguments object. The schema is rewritten as a JSON
+    schema constraint is (`grammar.prepare`), objects that declare their properties admit no
+    others (`close_objects`), and llguidance's options (compact JSON, strict, oneOf as anyOf)
+    travel in `x-guidance`.
     """
     schema = json.loads(tool.parameters)  # checked by the caller (grammar compile of the schema)
     if schema == {} or schema is True:
         schema = {"type": "object"}
     if isinstance(schema, dict):
-        schema = dict(bound_integers(schema))
+        schema = dict(prepare(schema))
         if not _mentions(schema, OPEN_KEYWORDS):
             schema = close_objects(schema)
         schema["x-guidance"] = dict(JSON_OPTIONS)
