@@ -31,7 +31,7 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from kimiserve.domain.types import Constraint
-from kimiserve.engines.llamacpp.schemas import enforceable, refusal
+from kimiserve.engines.llamacpp.schemas import closed, enforceable, refusal
 from kimiserve.errors import GrammarError
 
 # JSON as the model should write it: compact separators, no free whitespace (small models
@@ -174,8 +174,9 @@ class GrammarCache:
 
 
 def prepare(schema: Any) -> Any:
-    """The schema as it is compiled: integers and times bounded, then `schemas.enforceable`."""
-    return enforceable(bound_integers(schema))
+    """The schema as it is compiled: integers and times bounded, rewritten to what llguidance
+    enforces (`schemas.enforceable`), declared objects closed (`schemas.closed`)."""
+    return closed(enforceable(bound_integers(schema)))
 
 
 def bound_integers(node: Any) -> Any:

@@ -18,6 +18,8 @@ rewritten without admitting an output the original schema rejects:
   which case the schema joins an `allOf`.
 - `not`: `{}` (nothing validates) becomes `false`; `{"type": ...}` the other types;
   `{"required": [a, ...]}` leaves `a` unwritten. Other forms are refused.
+- Objects that declare their properties admit no others (`closed`): a small model otherwise
+  invents keys until max_tokens.
 - `minProperties` above the required count: the first optional properties become required.
   `maxProperties` no smaller than the declared properties of a closed object is dropped.
 """
@@ -57,6 +59,11 @@ NARROWED = {
 }
 VALUES = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def closed(schema: Any) -> Any:
+    """`close_objects(schema)` unless the schema merges branches (`OPEN_KEYWORDS`)."""
+    return schema if _mentions(schema, OPEN_KEYWORDS) else close_objects(schema)
 
 
 def enforceable(node: Any) -> Any:
@@ -198,3 +205,41 @@ def refusal(message: str) -> str | None:
             "properties are all required (or, for maxProperties, the object is closed)."
         )
     return None
+
+
+# Keywords under which an object's undeclared keys may be needed (merged branches, conditions).
+OPEN_KEYWORDS = frozenset({"allOf", "if", "unevaluatedProperties", "dependentSchemas", "dependencies"})
+
+
+def _mentions(node: Any, keywords: frozenset[str]) -> bool:
+    if isinstance(node, list):
+        return any(_mentions(item, keywords) for item in node)
+    if not isinstance(node, dict):
+        return False
+    return any(
+        key in keywords or (key not in VALUES and _mentions(value, keywords)) for key, value in node.items()
+    )
+
+
+def close_objects(node: Any) -> Any:
+    """A copy where an object schema that declares `properties` (and says nothing about other
+    keys) admits no undeclared keys. Output under it still validates against the original; a
+    small model otherwise invents keys until max_tokens. Not applied to schemas that use
+    `allOf`, `if`, ... (`OPEN_KEYWORDS`), where a branch's undeclared keys may be another's."""
+    if isinstance(node, list):
+        return [close_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: value if key in VALUES else close_objects(value) for key, value in node.items()}
+    properties = node.get("properties")
+    required = node.get("required", [])
+    if (
+        isinstance(properties, dict)
+        and "additionalProperties" not in node
+        and "patternProperties" not in node
+        and "minProperties" not in node
+        and isinstance(required, list)
+        and all(key in properties for key in required)
+    ):
+        out["additionalProperties"] = False
+    return out
