@@ -87,9 +87,7 @@ def verdict(schema: Any, text: str) -> tuple[str, str]:
 def classify(mode: str, schema: Any, status: int, reply: dict[str, Any]) -> tuple[str, str]:
     if status == 400:
         message = str(reply.get("error", {}).get("message", ""))
-        return ("refused" if "cannot enforce" in message else "compile"), message[
-            :160
-        ]
+        return ("refused" if "cannot enforce" in message else "compile"), message[:160]
     if status != 200:
         return "other", f"HTTP {status}: {json.dumps(reply)[:160]}"
     choice = reply["choices"][0]
@@ -105,7 +103,11 @@ def classify(mode: str, schema: Any, status: int, reply: dict[str, Any]) -> tupl
 
 
 async def run_folder(
-    client: httpx.AsyncClient, folder: str, schemas: list[tuple[str, str]], args: argparse.Namespace, model: str
+    client: httpx.AsyncClient,
+    folder: str,
+    schemas: list[tuple[str, str]],
+    args: argparse.Namespace,
+    model: str,
 ) -> dict[str, list[tuple[str, str, str]]]:
     gate = asyncio.Semaphore(args.concurrency)
     results: dict[str, list[tuple[str, str, str]]] = {"tools": [], "json": []}
@@ -147,7 +149,9 @@ async def main() -> None:
                 model = (await client.get("/v1/models")).json()["data"][0]["id"]
                 for folder in args.folders.split(","):
                     schemas = sample(args.data / folder, args.per_folder)
-                    rows.append((folder, len(schemas), await run_folder(client, folder, schemas, args, model)))
+                    rows.append(
+                        (folder, len(schemas), await run_folder(client, folder, schemas, args, model))
+                    )
         finally:
             server.stop()
     print("| folder | schemas | forced tool calls valid | failures | json_schema valid | failures |")

@@ -44,7 +44,7 @@ def valid(schema: object, value: object) -> bool:
     return bool(jsonschema.Draft202012Validator(schema, format_checker=checker).is_valid(value))
 
 
-def json_request(schema: object, seed: int, max_tokens: int = 64) -> GenerationRequest:
+def json_request(schema: object, seed: int, max_tokens: int = 48) -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
         messages=(Message("user", "Give an example value as JSON."),),
@@ -53,7 +53,7 @@ def json_request(schema: object, seed: int, max_tokens: int = 64) -> GenerationR
     )
 
 
-def tool_request(schema: object, seed: int, max_tokens: int = 64) -> GenerationRequest:
+def tool_request(schema: object, seed: int, max_tokens: int = 48) -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
         messages=(Message("user", "Record an example."),),
@@ -67,12 +67,14 @@ def tool_request(schema: object, seed: int, max_tokens: int = 64) -> GenerationR
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_each_format_yields_only_valid_strings(engine: LlamaCppEngine, fmt: str) -> None:
     schema = holding(fmt)
-    for seed in (1, 2):
+    for seed in (1,):
         events = [e async for e in engine.generate(json_request(schema, seed))]
         text = "".join(e.text for e in events if isinstance(e, TextDelta))
         assert events[-1] == Finished("stop"), text
         assert valid(schema, json.loads(text)), text
-        calls = [e.call async for e in engine.generate(tool_request(schema, seed)) if isinstance(e, ToolCallEvent)]
+        calls = [
+            e.call async for e in engine.generate(tool_request(schema, seed)) if isinstance(e, ToolCallEvent)
+        ]
         assert len(calls) == 1 and valid(schema, json.loads(calls[0].arguments)), calls
 
 

@@ -177,7 +177,9 @@ def _property_counts(out: dict[str, Any]) -> None:
     required = list(out.get("required", []))
     least = out.get("minProperties")
     if isinstance(least, int) and least > len(required):
-        optional = [name for name, schema in properties.items() if name not in required and schema is not False]
+        optional = [
+            name for name, schema in properties.items() if name not in required and schema is not False
+        ]
         if len(optional) >= least - len(required):
             out["required"] = required + optional[: least - len(required)]
             del out["minProperties"]
@@ -188,7 +190,7 @@ def _property_counts(out: dict[str, Any]) -> None:
         del out["maxProperties"]
 
 
-_KEYS = re.compile(r'Unimplemented keys: \[([^\]]*)\]')
+_KEYS = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
 
 def refusal(message: str) -> str | None:
