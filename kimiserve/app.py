@@ -21,6 +21,7 @@ from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
+from kimiserve.http.stall import StallGuard
 from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
@@ -135,6 +136,7 @@ def create_app(
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(DrainMiddleware, drain=drain, refuse=refusal),
+            Middleware(StallGuard, timeout_s=settings.stream_write_timeout_s),
         ],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )

@@ -2,19 +2,20 @@
 
 A structural type: the protocols depend on this, never on the composition root
 (`kimiserve/services.py`), which builds the one object that satisfies it (`Services`). Every
-request goes through `pipeline`; the rest is what rendering and the non-inference tasks need.
+inference request goes through `inference`; the rest is what rendering and the non-inference tasks need.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from kimiserve.domain.pipeline import Pipeline
+from kimiserve.delivery.tasks import TaskDelivery
+from kimiserve.domain.inference import Inference
+from kimiserve.domain.principal import Principal
+from kimiserve.domain.served import ServedModels
 from kimiserve.domain.tasks import Tasks
-from kimiserve.engines.registry import ModelRegistry
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.admin import Admin
-from kimiserve.platform.api_keys import Principal
 from kimiserve.settings import Settings
 
 
@@ -40,11 +41,17 @@ class Context(Protocol):
     @property
     def settings(self) -> Settings: ...
     @property
-    def pipeline(self) -> Pipeline: ...
+    def inference(self) -> Inference:
+        """The front door: every inference request runs through it."""
+
+    @property
+    def delivery(self) -> TaskDelivery:
+        """Sync / async / webhook deliveries of a task (and its record)."""
+
     @property
     def tasks(self) -> Tasks: ...
     @property
-    def registry(self) -> ModelRegistry: ...
+    def registry(self) -> ServedModels: ...
     @property
     def metrics(self) -> RequestCounter: ...
     @property
