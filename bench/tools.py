@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tools.py --data DIR [--folders Glaiveai2K,Github_medium]
                                     [--per-folder 60] [--max-tokens 384] [--concurrency 4]
+    .venv/bin/python bench/tools.py --data DIR --compile-only [--folders ...]
 
 DIR holds JSONSchemaBench's `data/` folders (github:guidance-ai/jsonschemabench). That mirror has
 no train/test split, so the sample is fixed and documented: the first `--per-folder` files of
@@ -10,6 +11,10 @@ process with the embedded model (tests/serverproc.py) answers two requests per s
 
 - `tools`: the schema is the parameters of the one tool, `tool_choice` names it;
 - `json`: `response_format: {"type": "json_schema", ...}` with the schema.
+
+`--compile-only` runs no model: it compiles each sampled schema as the engine does
+(`grammar.prepare`, then llguidance with the engine's options) and counts what compiles, what
+is refused as unenforceable (by keyword) and what does not compile.
 
 Each output is validated with jsonschema (draft from `$schema`, 2020-12 by default) and its
 FormatChecker. Every failure is classified and listed: `cut` (finish_reason length), `format`
@@ -129,6 +134,39 @@ async def run_folder(
     return results
 
 
+def compile_only(data: Path, folders: list[str], n: int) -> None:
+    import llguidance
+
+    from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, prepare
+    from kimiserve.engines.llamacpp.schemas import refusal
+    from kimiserve.errors import GrammarError
+
+    print("| folder | schemas | compile | refused (cannot enforce) | do not compile |")
+    print("|---|---|---|---|---|")
+    for folder in folders:
+        refused: dict[str, int] = {}
+        failed = 0
+        schemas = sample(data / folder, n)
+        for _, text in schemas:
+            try:
+                source = llguidance.LLMatcher.grammar_from_json_schema(
+                    prepare(json.loads(text)), overrides=JSON_OPTIONS
+                )
+                error = llguidance.LLMatcher.validate_grammar(source)
+                reason = (refusal(error) or "") if error else None
+            except GrammarError as exc:
+                error, reason = exc.message, exc.message
+            if error and reason:
+                named = reason.split("`")
+                key = "look-around" if "look-around" in reason else (named[1] if len(named) > 2 else reason)
+                refused[key] = refused.get(key, 0) + 1
+            elif error:
+                failed += 1
+        ok = len(schemas) - failed - sum(refused.values())
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"
+        print(f"| {folder} | {len(schemas)} | {ok} | {kinds} | {failed} |")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, required=True)
@@ -136,7 +174,11 @@ async def main() -> None:
     parser.add_argument("--per-folder", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args()
+    if args.compile_only:
+        compile_only(args.data, args.folders.split(","), args.per_folder)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(Path(tmp), env={"KIMISERVE_MAX_SEQUENCES": str(args.concurrency)})
         key = create_key(Path(tmp))

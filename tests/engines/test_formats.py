@@ -44,7 +44,7 @@ def valid(schema: object, value: object) -> bool:
     return bool(jsonschema.Draft202012Validator(schema, format_checker=checker).is_valid(value))
 
 
-def json_request(schema: object, seed: int, max_tokens: int = 48) -> GenerationRequest:
+def json_request(schema: object, seed: int, max_tokens: int = 80) -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
         messages=(Message("user", "Give an example value as JSON."),),
@@ -53,7 +53,7 @@ def json_request(schema: object, seed: int, max_tokens: int = 48) -> GenerationR
     )
 
 
-def tool_request(schema: object, seed: int, max_tokens: int = 48) -> GenerationRequest:
+def tool_request(schema: object, seed: int, max_tokens: int = 96) -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
         messages=(Message("user", "Record an example."),),

@@ -45,7 +45,8 @@ JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
     "coerce_one_of": True,
 }
 INTEGER_LIMIT = 10**16 - 1
-FORMAT_LENGTHS = {"date-time": 35, "time": 24}  # 2023-01-01T00:00:00.123456789+00:00
+# 2023-01-01T00:00:00.123456789+00:00; the others: what a small model otherwise writes on and on
+FORMAT_LENGTHS = {"date-time": 35, "time": 24, "email": 64, "hostname": 64, "uri": 120, "uri-reference": 120}
 NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 PARAMETER = "constraint"  # the protocols map it to response_format / settings.jsonSchema
 
@@ -181,8 +182,9 @@ def prepare(schema: Any) -> Any:
 
 def bound_integers(node: Any) -> Any:
     """A copy of a schema where every integer without bounds gets ±(10**16 - 1), and every
-    `date-time`/`time` string without a maxLength gets one (35/24 characters: nine fraction
-    digits and an offset), whose fraction digits a small model otherwise writes until max_tokens."""
+    string of a format in FORMAT_LENGTHS without a maxLength gets one (`date-time`/`time`: 35/24
+    characters, nine fraction digits and an offset; `email` 64, `uri` 120, ...), which a small
+    model otherwise writes until max_tokens."""
     if isinstance(node, list):
         return [bound_integers(item) for item in node]
     if not isinstance(node, dict):
