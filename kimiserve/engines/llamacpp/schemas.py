@@ -7,7 +7,8 @@ rewritten without admitting an output the original schema rejects:
 
 - `format`, the JSON Schema format vocabulary: llguidance 1.9.1 enforces `date`, `date-time`,
   `time`, `duration`, `email`, `hostname`, `ipv4`, `ipv6`, `uuid` and `uri` itself (less
-  February 29 and leap seconds, `NARROWED`, which its regexes admit in any year). The others
+  February 29 and leap seconds, `NARROWED`, which its regexes admit in any year; a `uri`
+  scheme is held to 16 characters). The others
   become a `pattern` of a subset of the format (`FORMAT_PATTERNS`: a relative path or a URI for
   `uri-reference`, literal text for `regex`, ...) or its ASCII form (`iri` as `uri`,
   `idn-email` as `email`). A name outside the vocabulary (`int32`, `url`, ...) is an
@@ -50,12 +51,14 @@ FORMAT_PATTERNS = {
     "uri-template": r"^(?:[A-Za-z0-9._~:/?#@!$&*+,;=-]|\{[A-Za-z_][A-Za-z0-9_]{0,30}\})*$",
 }
 # llguidance's own regexes admit February 29 of any year and a leap second (:60), which Python's
-# date parser and RFC 3339 checkers refuse: both are left out (a pattern beside the format).
+# date parser and RFC 3339 checkers refuse: both are left out (a pattern beside the format). A
+# `uri`'s scheme is held to 16 characters.
 _DAY = r"[0-9]{4}-(?:(?:0[13-9]|1[0-2])-[0-9]{2}|02-(?:[01][0-9]|2[0-8]))"
 NARROWED = {
     "date": rf"^{_DAY}$",
     "date-time": rf"^{_DAY}[Tt][0-9]{{2}}:[0-9]{{2}}:[0-5][0-9]",
     "time": r"^[0-9]{2}:[0-9]{2}:[0-5][0-9]",
+    "uri": r"^[A-Za-z][A-Za-z0-9+.-]{0,15}:",  # a scheme a small model cannot write on and on
 }
 VALUES = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
@@ -83,10 +86,8 @@ def enforceable(node: Any) -> Any:
             out["format"] = RENAMED_FORMATS[fmt]
         elif fmt in FORMAT_PATTERNS:
             _add_pattern(out, FORMAT_PATTERNS[fmt])
-    if "not" in out:
-        negated = _negation(out)
-        if negated is not None:
-            return negated
+    if "not" in out and _negation(out) is False:
+        return False
     _dependencies(out)
     _property_counts(out)
     return out
@@ -96,10 +97,14 @@ TYPES = ("string", "number", "integer", "boolean", "null", "array", "object")
 
 
 def _negation(out: dict[str, Any]) -> Any:
-    """`out` with its `not` rewritten where it is one of the common forms, else None (refused)."""
+    """Rewrite `out`'s `not` in place where it is one of the common forms (False: the schema
+    admits nothing); a `not` left in `out` is refused by llguidance."""
     negated = out["not"]
     if negated == {} or negated is True:
         return False  # `{"not": {}}`: nothing validates
+    if negated is False:
+        del out["not"]
+        return out
     if not isinstance(negated, dict):
         return None
     if set(negated) == {"type"}:
@@ -108,6 +113,8 @@ def _negation(out: dict[str, Any]) -> Any:
             banned = [*banned, "integer"]
         own = out.get("type", list(TYPES))
         kept = [t for t in (own if isinstance(own, list) else [own]) if t not in banned]
+        if "integer" in banned and "number" in kept:
+            return None  # a number that is not an integer: no type says it
         if not kept:
             return False
         del out["not"]
@@ -155,7 +162,7 @@ def _dependencies(out: dict[str, Any]) -> None:
     merged: list[Any] = []
     for name, need in entries.items():
         if isinstance(need, list):
-            if name in required or all(n in properties for n in need):
+            if name in required or all(properties.get(n, False) is not False for n in need):
                 required += [n for n in need if n not in required]
             else:
                 properties[name] = False
