@@ -44,19 +44,19 @@ def valid(schema: object, value: object) -> bool:
     return bool(jsonschema.Draft202012Validator(schema, format_checker=checker).is_valid(value))
 
 
-def json_request(schema: object, seed: int, max_tokens: int = 80) -> GenerationRequest:
+def json_request(schema: object, seed: int, max_tokens: int = 80, what: str = "value") -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
-        messages=(Message("user", "Give an example value as JSON."),),
+        messages=(Message("user", f"Give an example {what} as JSON."),),
         sampling=Sampling(temperature=1.0, seed=seed, max_tokens=max_tokens),
         constraint=Constraint(json_schema=json.dumps(schema)),
     )
 
 
-def tool_request(schema: object, seed: int, max_tokens: int = 96) -> GenerationRequest:
+def tool_request(schema: object, seed: int, max_tokens: int = 96, what: str = "value") -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
-        messages=(Message("user", "Record an example."),),
+        messages=(Message("user", f"Record an example {what}."),),
         sampling=Sampling(temperature=1.0, seed=seed, max_tokens=max_tokens),
         tools=(ToolSpec("record", "Record a value.", json.dumps(schema)),),
         tool_choice=ToolChoice("named", "record"),
@@ -68,7 +68,7 @@ def tool_request(schema: object, seed: int, max_tokens: int = 96) -> GenerationR
 async def test_each_format_yields_only_valid_strings(engine: LlamaCppEngine, fmt: str) -> None:
     schema = holding(fmt)
     for seed in (1,):
-        events = [e async for e in engine.generate(json_request(schema, seed))]
+        events = [e async for e in engine.generate(json_request(schema, seed, what=fmt))]
         text = "".join(e.text for e in events if isinstance(e, TextDelta))
         assert events[-1] == Finished("stop"), text
         assert valid(schema, json.loads(text)), text
