@@ -23,8 +23,12 @@ from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
 from kimiserve.http.stall import StallGuard
 from kimiserve.platform.shared_redis import SessionBuffers
+from kimiserve.protocols.anthropic.errors import error_response as anthropic_error
+from kimiserve.protocols.anthropic.routes import routes as anthropic_routes
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
+from kimiserve.protocols.responses.errors import error_response as responses_error
+from kimiserve.protocols.responses.routes import routes as responses_routes
 from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
@@ -60,6 +64,10 @@ async def metrics(request: Request) -> Response:
 def refusal(scope: Scope, exc: BaseException) -> Response:
     """An error outside any route (shutting down, no such route, a bug), in its protocol's format."""
     path: str = scope.get("path", "")
+    if path.startswith("/v1/messages"):
+        return anthropic_error(exc, f"req_{uuid.uuid4().hex}")
+    if path.startswith("/v1/responses"):
+        return responses_error(exc, f"req_{uuid.uuid4().hex}")
     if path.startswith(("/v1/chat/", "/v1/models")):
         return openai_error(exc, f"req_{uuid.uuid4().hex}")
     item = error_item(exc, task_type=None, task_uuid=None)
@@ -119,6 +127,8 @@ def create_app(
     # The inference routes first: the router tries each route's pattern in turn, per request.
     all_routes: list[BaseRoute] = []
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
+    all_routes += anthropic_routes()  # /v1/messages, /v1/messages/count_tokens
+    all_routes += responses_routes()  # /v1/responses
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     all_routes += [

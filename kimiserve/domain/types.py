@@ -107,6 +107,9 @@ class GenerationRequest:
     cache_scope: str | None = None
     # Keep earlier assistant turns' reasoning in the prompt (otherwise it is dropped).
     keep_reasoning: bool = False
+    # An exact reasoning budget in tokens (Anthropic's `thinking.budget_tokens`), in place of
+    # THINKING_BUDGETS[thinking]; `thinking` still says whether, and roughly how much, to think.
+    thinking_budget: int | None = None
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -117,6 +120,15 @@ class GenerationRequest:
     def videos(self) -> tuple[str, ...]:
         """Every message's videos, in conversation order."""
         return tuple(v for m in self.messages for v in m.videos)
+
+
+def reasoning_budget(request: GenerationRequest) -> int:
+    """The reasoning tokens a request may use: its exact budget, else its level's (0: no thinking)."""
+    if request.thinking == "none":
+        return 0
+    if request.thinking_budget is not None:
+        return request.thinking_budget
+    return THINKING_BUDGETS[request.thinking]
 
 
 # ---- events -------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ class Finished:
 Event = TextDelta | ReasoningDelta | ToolCallEvent | Usage | Finished
 
 
-# ---- the built-in tools' loop (the pipeline runs them; see domain/pipeline.py) -------------
+# ---- the built-in tools' loop (domain/toolloop.py runs them) -------------------------------
 
 
 @dataclass(frozen=True)

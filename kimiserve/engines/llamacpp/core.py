@@ -17,7 +17,7 @@ import logging
 
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from kimiserve.domain.types import THINKING_BUDGETS, Constraint, Finished, GenerationRequest, Usage
+from kimiserve.domain.types import Constraint, Finished, GenerationRequest, Usage, reasoning_budget
 from kimiserve.engines.llamacpp import toolcalls
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.grammar import Grammar, GrammarCache
@@ -140,12 +140,13 @@ class Core:
 
     def _turn(self, request: GenerationRequest, sampler: SamplerChain, prompt_tokens: int) -> Turn:
         offered = toolcalls.calls_offered(request)
-        # Reasoning gets the level's budget, but at most half of what the turn can still write
+        # Reasoning gets the request's budget (its level's, or an exact one), but at most half of
+        # what the turn can still write
         # (max_tokens, the context left), so the answer always has room.
         room = self.model.n_ctx_seq - prompt_tokens
         if request.sampling.max_tokens is not None:
             room = min(room, request.sampling.max_tokens)
-        budget = min(THINKING_BUDGETS[request.thinking], room // 2)
+        budget = min(reasoning_budget(request), room // 2)
         forced = toolcalls.call_forced(request)
         return Turn(
             sampler=sampler,

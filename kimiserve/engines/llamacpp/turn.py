@@ -6,9 +6,10 @@ tokens the engine writes itself instead of sampling (`forced`):
 - THINK (thinking level != none; the prompt ends with `<think>\\n`): text is reasoning
   (`ReasoningDelta`) until the model writes `</think>`, or until the budget is nearly spent: then
   the engine writes `\\n</think>\\n\\n` itself, so reasoning (closing included) never exceeds
-  `THINKING_BUDGETS[level]`. An end-of-generation token in the section is replaced by the same
-  closing, and end-of-generation is banned until the answer has some text (the answer still
-  comes). `reasoning_tokens` counts the section's tokens.
+  the request's budget (`reasoning_budget`: an exact one, else `THINKING_BUDGETS[level]`). An
+  end-of-generation token in the section is replaced by the same closing, and end-of-generation
+  is banned until the answer has some text (the answer still comes). `reasoning_tokens` counts
+  the section's tokens.
 - ANSWER: text (`TextDelta`, user stop strings apply). With tools under `auto`, `<tool_call>` is
   watched like a stop string: when the model writes it, the call grammar starts there (a lazy
   grammar, as llama.cpp's trigger words). Under `required`/named the engine writes `<tool_call>`
