@@ -296,4 +296,4 @@ def test_declared_objects_are_closed_except_where_branches_merge() -> None:
     assert typed["additionalProperties"] == SCHEMAS["additional_typed"]["additionalProperties"]
     merged = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["allof_merge"]))))
     assert all("additionalProperties" not in branch for branch in merged["allOf"])
-    assert merged["x-guidance"] == {"whitespace_flexible": False, "lenient": True, "coerce_one_of": True}
+    assert merged["x-guidance"] == {"whitespace_flexible": False, "lenient": False, "coerce_one_of": True}

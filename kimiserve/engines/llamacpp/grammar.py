@@ -31,19 +31,22 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from kimiserve.domain.types import Constraint
+from kimiserve.engines.llamacpp.schemas import closed, enforceable, refusal
 from kimiserve.errors import GrammarError
 
 # JSON as the model should write it: compact separators, no free whitespace (small models
-# otherwise fill maxTokens with newlines). `lenient`: keywords llguidance does not implement
-# (unknown `format`s, ...) are ignored rather than refused, as OpenAI-style servers do;
+# otherwise fill maxTokens with newlines). Not `lenient`: a keyword llguidance does not implement
+# is refused, never ignored (`schemas.py` rewrites what it can first, and drops the `format`
+# names outside the JSON Schema vocabulary, which are annotations);
 # `coerce_one_of`: `oneOf` is enforced as `anyOf` (an output may match two branches).
 JSON_OPTIONS: llguidance._lib.JsonCompileOptions = {
     "whitespace_flexible": False,
-    "lenient": True,
+    "lenient": False,
     "coerce_one_of": True,
 }
 INTEGER_LIMIT = 10**16 - 1
-FORMAT_LENGTHS = {"date-time": 35, "time": 24}  # 2023-01-01T00:00:00.123456789+00:00
+# 2023-01-01T00:00:00.123456789+00:00; the others: what a small model otherwise writes on and on
+FORMAT_LENGTHS = {"date-time": 35, "time": 24, "email": 64, "hostname": 64, "uri": 120, "uri-reference": 120}
 NOT_SCHEMAS = frozenset({"const", "enum", "default", "examples", "example"})  # values, not schemas
 PARAMETER = "constraint"  # the protocols map it to response_format / settings.jsonSchema
 
@@ -141,7 +144,7 @@ class GrammarCache:
             except RecursionError as exc:
                 raise GrammarError("The JSON schema nests too deeply.", parameter=PARAMETER) from exc
             try:
-                schema = bound_integers(schema)
+                schema = prepare(schema)
                 source = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
             except (ValueError, TypeError) as exc:
                 raise GrammarError(f"The JSON schema is not usable: {exc}", parameter=PARAMETER) from exc
@@ -161,8 +164,9 @@ class GrammarCache:
                 raise GrammarError(f"The grammar does not parse: {exc}", parameter=PARAMETER) from exc
         matcher = llguidance.LLMatcher(self._tokenizer, source, log_level=0, limits=self._limits)
         if matcher.is_error():
+            error = matcher.get_error()
             raise GrammarError(
-                f"The constraint does not compile: {_short(matcher.get_error())}", parameter=PARAMETER
+                refusal(error) or f"The constraint does not compile: {_short(error)}", parameter=PARAMETER
             )
         return Grammar(matcher, json=kind in ("json", "calls"))
 
@@ -170,10 +174,17 @@ class GrammarCache:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def prepare(schema: Any) -> Any:
+    """The schema as it is compiled: integers and times bounded, rewritten to what llguidance
+    enforces (`schemas.enforceable`), declared objects closed (`schemas.closed`)."""
+    return closed(enforceable(bound_integers(schema)))
+
+
 def bound_integers(node: Any) -> Any:
     """A copy of a schema where every integer without bounds gets ±(10**16 - 1), and every
-    `date-time`/`time` string without a maxLength gets one (35/24 characters: nine fraction
-    digits and an offset), whose fraction digits a small model otherwise writes until max_tokens."""
+    string of a format in FORMAT_LENGTHS without a maxLength gets one (`date-time`/`time`: 35/24
+    characters, nine fraction digits and an offset; `email` 64, `uri` 120, ...), which a small
+    model otherwise writes until max_tokens."""
     if isinstance(node, list):
         return [bound_integers(item) for item in node]
     if not isinstance(node, dict):

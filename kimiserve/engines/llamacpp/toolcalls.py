@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from kimiserve.domain.types import GenerationRequest, Message, ToolCall, ToolSpec
-from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, bound_integers
+from kimiserve.engines.llamacpp.grammar import JSON_OPTIONS, prepare
 from kimiserve.errors import InvalidRequest
 
 CALL_OPEN = "<tool_call>"
@@ -134,58 +134,18 @@ def _schema(tool: ToolSpec) -> Any:
 def arguments_schema(tool: ToolSpec) -> str:
     """The JSON text of the schema a tool's arguments are generated under.
 
-    An empty schema (`{}`) means any arguments object. Integers without bounds get ±(10**16-1),
-    objects that declare their properties admit no others (`close_objects`), and llguidance's
-    options (compact JSON, lenient, oneOf as anyOf) travel in `x-guidance`.
+    An empty schema (`{}`) means any arguments object. The schema is rewritten as a JSON
+    schema constraint is (`grammar.prepare`: objects that declare their properties admit no
+    others, ...), and llguidance's options (compact JSON, strict, oneOf as anyOf)
+    travel in `x-guidance`.
     """
     schema = json.loads(tool.parameters)  # checked by the caller (grammar compile of the schema)
     if schema == {} or schema is True:
         schema = {"type": "object"}
     if isinstance(schema, dict):
-        schema = dict(bound_integers(schema))
-        if not _mentions(schema, OPEN_KEYWORDS):
-            schema = close_objects(schema)
+        schema = dict(prepare(schema))
         schema["x-guidance"] = dict(JSON_OPTIONS)
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
-
-
-# Keywords under which an object's undeclared keys may be needed (merged branches, conditions).
-OPEN_KEYWORDS = frozenset({"allOf", "if", "unevaluatedProperties", "dependentSchemas", "dependencies"})
-VALUES = frozenset({"const", "enum", "default", "examples", "example"})
-
-
-def _mentions(node: Any, keywords: frozenset[str]) -> bool:
-    if isinstance(node, list):
-        return any(_mentions(item, keywords) for item in node)
-    if not isinstance(node, dict):
-        return False
-    return any(
-        key in keywords or (key not in VALUES and _mentions(value, keywords)) for key, value in node.items()
-    )
-
-
-def close_objects(node: Any) -> Any:
-    """A copy where an object schema that declares `properties` (and says nothing about other
-    keys) admits no undeclared keys. Output under it still validates against the original; a
-    small model otherwise invents keys until max_tokens. Not applied to schemas that use
-    `allOf`, `if`, ... (`OPEN_KEYWORDS`), where a branch's undeclared keys may be another's."""
-    if isinstance(node, list):
-        return [close_objects(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: value if key in VALUES else close_objects(value) for key, value in node.items()}
-    properties = node.get("properties")
-    required = node.get("required", [])
-    if (
-        isinstance(properties, dict)
-        and "additionalProperties" not in node
-        and "patternProperties" not in node
-        and "minProperties" not in node
-        and isinstance(required, list)
-        and all(key in properties for key in required)
-    ):
-        out["additionalProperties"] = False
-    return out
 
 
 def call_grammar(tools: tuple[ToolSpec, ...]) -> str:

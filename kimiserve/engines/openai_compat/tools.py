@@ -1,9 +1,11 @@
-"""Tool-call arguments validated against the declared JSON Schema (jsonschema).
+"""Tool-call arguments validated against the declared JSON Schema (jsonschema), formats included.
 
 Moonshot's K2 Vendor Verifier measured 87% schema accuracy for K2 tool calls on vLLM and 96% on
 SGLang; a call that does not validate never reaches the client: the engine re-asks once for the
 turn's invalid calls (its valid ones stand; each call is checked against its own tool's schema),
-then fails with an error naming the call.
+then fails with an error naming the call. `format` is checked as the JSON Schema format
+vocabulary defines it (jsonschema's FormatChecker, with the `format-nongpl` checkers installed): a
+`date-time` that is not RFC 3339 is an invalid call, not an annotation.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from kimiserve.domain.types import ToolCall, ToolSpec
 def _validator(schema_text: str) -> Any:
     schema = json.loads(schema_text or "{}")
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def problem(call: ToolCall, tools: tuple[ToolSpec, ...]) -> str | None:

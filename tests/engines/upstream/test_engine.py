@@ -17,6 +17,7 @@ from kimiserve.domain.types import (
     TextDelta,
     ToolCall,
     ToolCallEvent,
+    ToolSpec,
     Usage,
 )
 from kimiserve.engines.openai_compat import UpstreamEngine
@@ -217,3 +218,22 @@ async def test_an_upstream_that_dies_mid_stream_ends_it_promptly_with_an_error()
     finally:
         await engine.aclose()
         proc.stop()
+
+
+async def test_a_call_that_breaks_a_format_is_reasked_then_refused(upstream: UpstreamEngine) -> None:
+    """The stand-in calls with `{"city": "Beijing"}`: valid as a string, not as a `date`."""
+    dated = ToolSpec(
+        "get_weather",
+        "The weather on a day.",
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"city": {"type": "string", "format": "date"}},
+                "required": ["city"],
+            }
+        ),
+    )
+    with pytest.raises(EngineError) as caught:
+        await collect(upstream.generate(ask("weather?", tools=(dated,))))
+    assert caught.value.code == "invalidToolCall"
+    assert "'Beijing' is not a 'date'" in caught.value.message and "city" in caught.value.message
