@@ -20,7 +20,7 @@ settles or releases the request. Each frame names its event (`event:`) as OpenAI
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from kimiserve.domain.types import (
     PipelineEvent,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallEvent,
     Usage,
@@ -57,6 +58,7 @@ class _Open:
     id: str
     index: int
     parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the text's, when asked
 
 
 class Renderer:
@@ -76,7 +78,7 @@ class Renderer:
     def _item_id(self, prefix: str) -> str:
         return translate.item_id(prefix, self.reply.id, len(self.output))
 
-    def delta(self, kind: str, text: str) -> list[bytes]:
+    def delta(self, kind: str, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> list[bytes]:
         frames: list[bytes] = []
         if self.open is None or self.open.kind != kind:
             frames += self.close()
@@ -93,13 +95,19 @@ class Renderer:
                 self.event("response.content_part.added", **self._at(item), part=self._part(kind, ""))
             )
         self.open.parts.append(text)
+        self.open.logprobs.extend(logprobs or ())
         if not text:
             return frames
         if kind == "reasoning":
             frames.append(self.event("response.reasoning_text.delta", **self._at(self.open), delta=text))
         else:
             frames.append(
-                self.event("response.output_text.delta", **self._at(self.open), delta=text, logprobs=[])
+                self.event(
+                    "response.output_text.delta",
+                    **self._at(self.open),
+                    delta=text,
+                    logprobs=translate.logprob_entries(logprobs),
+                )
             )
         return frames
 
@@ -134,10 +142,12 @@ class Renderer:
             done = translate.reasoning_item(item.id, text)
             frames = [self.event("response.reasoning_text.done", **at, text=text)]
         else:
-            done = translate.message_item(item.id, text)
-            frames = [self.event("response.output_text.done", **at, text=text, logprobs=[])]
+            done = translate.message_item(item.id, text, logprobs=item.logprobs)
+            entries = translate.logprob_entries(item.logprobs)
+            frames = [self.event("response.output_text.done", **at, text=text, logprobs=entries)]
         self.output[item.index] = done
-        frames.append(self.event("response.content_part.done", **at, part=self._part(item.kind, text)))
+        part = done["content"][0] if item.kind == "message" else self._part(item.kind, text)
+        frames.append(self.event("response.content_part.done", **at, part=part))
         frames.append(self.event("response.output_item.done", output_index=item.index, item=done))
         return frames
 
@@ -197,7 +207,7 @@ async def _frames(
         yield r.event("response.in_progress", response=reply.response("in_progress", []))
         async for _, event in events:
             if isinstance(event, TextDelta) and event.text:
-                for data in r.delta("message", event.text):
+                for data in r.delta("message", event.text, event.logprobs):
                     yield data
             elif isinstance(event, ReasoningDelta) and event.text:
                 for data in r.delta("reasoning", event.text):

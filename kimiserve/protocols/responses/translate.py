@@ -30,6 +30,7 @@ from kimiserve.domain.types import (
     Message,
     Sampling,
     ThinkingLevel,
+    TokenLogprob,
     ToolCall,
     ToolChoice,
     ToolSpec,
@@ -108,8 +109,6 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
         raise InvalidRequest(
             "Missing required parameter: 'input'.", parameter="input", code="missing_required_parameter"
         )
-    if req.top_logprobs:
-        raise UnsupportedFeature("logprobs are not available on this server.", parameter="top_logprobs")
 
 
 def _text(parts: Sequence[ContentPart], where: str, allowed: tuple[str, ...]) -> str:
@@ -407,6 +406,7 @@ def to_call(req: ResponsesRequest, response_id: str, context: Sequence[dict[str,
             temperature=req.temperature if req.temperature is not None else 1.0,
             top_p=req.top_p if req.top_p is not None else 1.0,
             max_tokens=req.max_output_tokens,
+            logprobs=_logprobs(req),
         ),
         constraint=_constraint(fmt),
         thinking=_EFFORT[effort] if effort is not None else "none",
@@ -541,12 +541,34 @@ def reasoning_item(item: str, text: str, status: str = "completed") -> dict[str,
     return {"id": item, "type": "reasoning", "summary": [], "content": content, "status": status}
 
 
-def output_text(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+LOGPROBS = "message.output_text.logprobs"  # the `include` entry that asks for them
 
 
-def message_item(item: str, text: str | None, status: str = "completed") -> dict[str, Any]:
-    content = [output_text(text)] if text is not None else []
+def _logprobs(req: ResponsesRequest) -> int | None:
+    """Alternatives wanted per token when logprobs are asked (`include` names them, or
+    `top_logprobs` is set, as OpenAI takes either), else None."""
+    if LOGPROBS in (req.include or ()) or req.top_logprobs is not None:
+        return req.top_logprobs or 0
+    return None
+
+
+def logprob_entries(entries: Sequence[TokenLogprob] | None) -> list[dict[str, Any]]:
+    """Tokens as the Responses API shows them: `{token, bytes, logprob, top_logprobs}`."""
+
+    def one(e: TokenLogprob) -> dict[str, Any]:
+        return {"token": e.token, "bytes": list(e.token_bytes), "logprob": max(e.logprob, -9999.0)}
+
+    return [{**one(e), "top_logprobs": [one(t) for t in e.top]} for e in entries or ()]
+
+
+def output_text(text: str, logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprob_entries(logprobs)}
+
+
+def message_item(
+    item: str, text: str | None, status: str = "completed", logprobs: Sequence[TokenLogprob] | None = None
+) -> dict[str, Any]:
+    content = [output_text(text, logprobs)] if text is not None else []
     return {"id": item, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
@@ -576,7 +598,7 @@ def output_items(reply: Reply, result: GenerationResult) -> list[dict[str, Any]]
     if result.reasoning:
         out.append(reasoning_item(item_id("rs", reply.id, len(out)), result.reasoning))
     if result.text or not result.tool_calls:
-        out.append(message_item(item_id("msg", reply.id, len(out)), result.text))
+        out.append(message_item(item_id("msg", reply.id, len(out)), result.text, logprobs=result.logprobs))
     for call in result.tool_calls:
         namespace = reply.namespaces.get(call.name)
         out.append(function_call_item(item_id("fc", reply.id, len(out)), call, namespace=namespace))
