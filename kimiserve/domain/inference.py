@@ -147,8 +147,8 @@ class Inference:
         Media is not fetched (images count as the engine counts their references). An engine
         that cannot count (an upstream pool) gets an estimate: UTF-8 bytes / 4 over the text,
         calls and tools, plus a few tokens per message for the template's role markers — not the
-        admission's upper bound,
-        which is what a hold needs but would tell an agent its context is four times fuller.
+        admission's upper bound, which a hold needs but which would tell an agent its context is
+        about four times fuller than it is.
         """
         authorize(principal, "inference")
         model = self.admissions.model(principal, call.model)
