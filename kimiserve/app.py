@@ -19,12 +19,13 @@ from kimiserve.errors import KimiserveError
 from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
+from kimiserve.http.notfound import anthropic_error_body, protocol_of
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
 from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
-from kimiserve.protocols.runware.errors import error_item, status_of
+from kimiserve.protocols.runware.errors import error_item, status_of, to_error
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
 from kimiserve.protocols.runware.ws import routes as runware_ws_routes
@@ -57,10 +58,14 @@ async def metrics(request: Request) -> Response:
 
 
 def refusal(scope: Scope, exc: BaseException) -> Response:
-    """An error outside any route (shutting down, no such route, a bug), in its protocol's format."""
-    path: str = scope.get("path", "")
-    if path.startswith(("/v1/chat/", "/v1/models")):
+    """An error outside any route (shutting down, no such route, a bug), in the format of the
+    protocol the request speaks (`http/notfound.py` decides which)."""
+    protocol = protocol_of(scope)
+    if protocol == "openai":
         return openai_error(exc, f"req_{uuid.uuid4().hex}")
+    if protocol == "anthropic":
+        err = to_error(exc)  # an unexpected exception: logged once, with its reference
+        return SafeJSONResponse(anthropic_error_body(err.status, err.message), status_code=err.status)
     item = error_item(exc, task_type=None, task_uuid=None)
     return SafeJSONResponse({"errors": [item]}, status_code=status_of(exc))
 
@@ -68,7 +73,13 @@ def refusal(scope: Scope, exc: BaseException) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no such route, method not allowed) as JSON, not text/plain."""
     assert isinstance(exc, HTTPException)
-    error = KimiserveError(exc.detail, code="notFound" if exc.status_code == 404 else "invalidRequest")
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        error = KimiserveError(f"No route {where} on this server.", code="notFound")
+    elif exc.status_code == 405:
+        error = KimiserveError(f"Method not allowed: {where}.", code="methodNotAllowed")
+    else:
+        error = KimiserveError(exc.detail, code="invalidRequest")
     error.status = exc.status_code
     response = refusal(request.scope, error)
     response.status_code = exc.status_code
