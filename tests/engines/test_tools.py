@@ -28,6 +28,7 @@ from kimiserve.domain.types import (
     Usage,
 )
 from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from kimiserve.engines.llamacpp.toolcalls import partial_call
 from kimiserve.errors import GrammarError, InvalidRequest
 from tests.engines.tool_schemas import SCHEMAS
 
@@ -297,3 +298,36 @@ def test_declared_objects_are_closed_except_where_branches_merge() -> None:
     merged = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["allof_merge"]))))
     assert all("additionalProperties" not in branch for branch in merged["allOf"])
     assert merged["x-guidance"] == {"whitespace_flexible": False, "lenient": True, "coerce_one_of": True}
+
+
+@pytest.mark.parametrize("max_tokens", [2, 6, 12, 16])
+async def test_a_forced_call_cut_by_max_tokens_is_the_partial_call(
+    engine: LlamaCppEngine, max_tokens: int
+) -> None:
+    """Issue 21: a forced call cut by max_tokens came back as an empty turn. It is the partial
+    call, arguments as cut (not closed, maybe not JSON), with finish `length`, as OpenAI's."""
+    for choice in (ToolChoice("required"), ToolChoice("named", "get_weather")):
+        turn = await run(engine, request(tools=(WEATHER,), choice=choice, max_tokens=max_tokens))
+        assert turn.usage.completion_tokens == max_tokens
+        assert turn.finish == "length" and not turn.text
+        (call,) = turn.calls
+        assert call.name == "get_weather" and call.id.startswith("call_")
+        assert len(call.arguments) < max_tokens * 8
+        if call.arguments:
+            assert call.arguments.startswith("{")
+            with pytest.raises(ValueError):  # the arguments object is cut, not closed
+                json.loads(call.arguments)
+
+
+def test_a_partial_call_names_its_tool_only_when_the_cut_text_tells_it() -> None:
+    twins = (
+        ToolSpec("weather_today", "Today's weather.", WEATHER.parameters),
+        ToolSpec("weather_tomorrow", "Tomorrow's weather.", WEATHER.parameters),
+    )
+    cut = partial_call('{"name":"weather_to', twins, "call_1")
+    assert cut is None  # either tool: not guessed
+    cut = partial_call('{"name":"weather_tom', twins, "call_1")
+    assert cut == ToolCall("call_1", "weather_tomorrow", "")
+    cut = partial_call('{"name":"weather_today","arguments":{"city":"Pa', twins, "call_1")
+    assert cut == ToolCall("call_1", "weather_today", '{"city":"Pa')
+    assert partial_call("", (WEATHER,), "call_1") == ToolCall("call_1", "get_weather", "")

@@ -16,8 +16,9 @@ tokens the engine writes itself instead of sampling (`forced`):
   from the first answer token.
 - CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete the
   sequence ends with a `ToolCallEvent` and `Finished("tool_calls")`. A body cut by `max_tokens`
-  is closed by `JsonTail` (so it parses); it is reported as a call only if the grammar accepts
-  the closed body (the schema holds), otherwise it ends with `length` and no call.
+  is not closed: it is reported as the partial call, arguments as cut (maybe not JSON), with
+  `Finished("length")`, as OpenAI does; so is a forced call cut inside its marker or name when
+  only one tool can be meant (`toolcalls.partial_call`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from kimiserve.domain.types import (
 from kimiserve.engines.llamacpp.job import Item
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.stops import TextStream
-from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, parse_call
+from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, parse_call, partial_call
 
 THINK, CLOSING, ANSWER, CALL = range(4)
 
@@ -118,11 +119,8 @@ class Turn:
             return []
         if self.phase == CALL:
             self._call += piece
-            tail = self._sampler.tail
-            # complete: closed by the model, or closed by the engine at max_tokens in a way the
-            # grammar (the schema) still accepts
-            sampler = self._sampler
-            self.call_done = tail is not None and tail.done and (not sampler.closing or sampler.closed_valid)
+            tail = self._sampler.tail  # a call's JSON is never closed by the engine (`jsonclose.py`)
+            self.call_done = tail is not None and tail.done
             return []
         if self._marker_left > 0:
             self._marker_left -= 1
@@ -151,12 +149,20 @@ class Turn:
         if self.phase == THINK:
             text = self._think.flush()
             return ([ReasoningDelta(text)] if text else []), reason
+        if self.phase == ANSWER and self._marker_left > 0 and reason == "length":
+            cut = partial_call("", self._tools, _call_id())  # a forced call cut inside its marker
+            return ([ToolCallEvent(cut)] if cut is not None else []), reason
         if self.phase == ANSWER:
             return self._answer(self._text.flush()), reason
-        if self.phase == CALL and self.call_done:
-            call = parse_call(self._call.decode("utf-8", errors="replace"), self._tools, _call_id())
+        if self.phase == CALL:
+            body = self._call.decode("utf-8", errors="replace")
+            call = parse_call(body, self._tools, _call_id()) if self.call_done else None
             if call is not None:
                 return [ToolCallEvent(call)], "tool_calls"
+            if reason == "length":
+                cut = partial_call(body, self._tools, _call_id())
+                if cut is not None:
+                    return [ToolCallEvent(cut)], reason
         return [], reason
 
 
