@@ -10,9 +10,12 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.delivery.tasks import TaskDelivery
 from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
+from kimiserve.domain.inference import Inference
 from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.ports import TaskRow
+from kimiserve.domain.principal import Principal
 from kimiserve.domain.replicas import Ownership
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.engines.base import Engine
@@ -20,10 +23,11 @@ from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, Ser
 from kimiserve.http.context import Context
 from kimiserve.http.metrics import Metrics
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
+from kimiserve.media.resolve import Resolver
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.accounts import Accounts
 from kimiserve.platform.admin import Admin
-from kimiserve.platform.api_keys import ApiKeys, Principal
+from kimiserve.platform.api_keys import ApiKeys
 from kimiserve.platform.error_log import ErrorLog
 from kimiserve.platform.prices import FREE, Price
 from kimiserve.platform.rate_limits import RateLimiter
@@ -108,6 +112,8 @@ class Services:
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
     media: MediaStore
     webhooks: WebhookOutbox
+    inference: Inference  # the front door every protocol runs inference through
+    delivery: TaskDelivery  # sync / async / webhook task deliveries over the front door
     ownership: Ownership | None = None  # set once started (issue 13)
     error_log: ErrorLog | None = None  # refused/failed requests per minute, for the dashboard
     shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
@@ -268,30 +274,35 @@ async def build_services(settings: Settings) -> Services:
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
     metrics = Metrics(registry)
+    pipeline = Pipeline(
+        registry,
+        platform.ledger,
+        RateLimiter(
+            shared.limits_storage() if shared is not None else None,
+            window_s=settings.rate_limit_window_s,
+        ),
+        platform.account_store,
+        metrics,
+        max_waiting=settings.max_waiting,
+        tools=build_tool_registry(settings),
+        max_tool_rounds=settings.tool_max_rounds,
+    )
+    media = MediaStore(
+        settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, settings.fetch_max_bytes
+    )
+    inference = Inference(pipeline, Resolver(media))
     services = Services(
         settings=settings,
         platform=platform,
         registry=registry,
-        pipeline=Pipeline(
-            registry,
-            platform.ledger,
-            RateLimiter(
-                shared.limits_storage() if shared is not None else None,
-                window_s=settings.rate_limit_window_s,
-            ),
-            platform.account_store,
-            metrics,
-            max_waiting=settings.max_waiting,
-            tools=build_tool_registry(settings),
-            max_tool_rounds=settings.tool_max_rounds,
-        ),
+        pipeline=pipeline,
         metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),
         fetcher=fetcher,
-        media=MediaStore(
-            settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, settings.fetch_max_bytes
-        ),
+        media=media,
         webhooks=webhooks,
+        inference=inference,
+        delivery=TaskDelivery(inference, platform.tasks, webhooks),
     )
     webhooks.start()
     ownership.start()

@@ -72,6 +72,7 @@ from kimiserve.domain.ports import (
     Observer,
     UsageRow,
 )
+from kimiserve.domain.principal import Principal
 from kimiserve.domain.results import (
     Accumulator,
     Generation,
@@ -84,6 +85,7 @@ from kimiserve.domain.results import (
 from kimiserve.domain.types import (
     BuiltinToolCall,
     BuiltinToolResult,
+    Charged,
     Event,
     Finished,
     FinishReason,
@@ -102,12 +104,10 @@ from kimiserve.errors import (
     EngineError,
     Forbidden,
     InsufficientCredits,
-    InvalidRequest,
     KimiserveError,
     ServiceUnavailable,
     UnsupportedFeature,
 )
-from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.rate_limits import Permit, RateLimiter
 
 if TYPE_CHECKING:
@@ -243,8 +243,9 @@ class Admission:
                 runnable = more or (bool(builtin_calls) and bool(client_calls))
                 ended = time.monotonic()
                 timing = (first - started, ended - first) if first is not None else None
-                await self._settle(index, round_usage, "completed", timing, cost=cost, end=not more)
-                charged += cost
+                charged += await self._settle(
+                    index, round_usage, "completed", timing, cost=cost, end=not more
+                )
                 in_round = False
                 outcomes: list[BuiltinToolResult] = []
                 for call in builtin_calls:
@@ -263,6 +264,7 @@ class Admission:
                     self.model.id, total.completion_tokens, time.monotonic() - (first or started)
                 )
                 yield total
+                yield Charged(charged)
                 yield Finished(finish)
                 return
         except (GeneratorExit, asyncio.CancelledError):
@@ -399,12 +401,13 @@ class Admission:
         *,
         cost: int | None = None,
         end: bool = True,
-    ) -> None:
+    ) -> int:
         """Charge `usage` (at `cost`, when a loop's round is charged what its cumulative cost
         adds) and end its hold; `end` False: a loop's round, the generation goes on. `timing`:
-        (seconds to the first token, seconds from it to the end), when measured."""
+        (seconds to the first token, seconds from it to the end), when measured. Returns the
+        amount charged (capped at the hold; 0 when it was settled already)."""
         if not self._open[index] or (end and not self._end(index)):
-            return
+            return 0
         hold = self.holds[index]
         self.holds[index] = None  # settled (or, if that fails, released) below: never again
         cost = self.model.price.cost(usage) if cost is None else cost
@@ -439,6 +442,7 @@ class Admission:
             raise
         self.pipeline.forget_hold(hold)
         await self.permit.record_tokens(usage.completion_tokens)
+        return cost
 
     def _end(self, index: int) -> bool:
         """Mark generation `index` ended (once: False if it had already) and free its place."""
@@ -503,14 +507,6 @@ class Pipeline:
 
     # ---- authorize ----------------------------------------------------------------------
 
-    @staticmethod
-    def authorize(principal: Principal, scope: str) -> None:
-        """403 unless the key has `scope`."""
-        if scope not in principal.scopes:
-            raise Forbidden(
-                f"This API key lacks the '{scope}' scope.", code="missingScope", parameter="scope"
-            )
-
     def model(self, principal: Principal, name: str) -> ServedModel:
         """The served model a name resolves to, if the key may use it (403 naming it if not)."""
         model = self.registry.resolve(name)
@@ -540,7 +536,6 @@ class Pipeline:
 
         `builtin_tools`: the built-in tools the request names (`search`, `codeInterpreter`),
         checked here (ToolUnavailable names `tools`) and offered to the engine as functions."""
-        self.authorize(principal, "inference")
         request = replace(request, cache_scope=principal.account_id)
         engine = model.engine
         builtins = await self._builtins(model, request, builtin_tools)
@@ -620,14 +615,6 @@ class Pipeline:
         if self.tools is None:
             raise UnsupportedFeature("This server runs no built-in tools.", parameter="tools")
         unique = list(dict.fromkeys(names))
-        clash = sorted({t.name for t in request.tools} & set(unique))
-        if clash:
-            raise InvalidRequest(
-                f"A function tool is named {clash[0]!r}, like the built-in tool of that name; "
-                "rename the function.",
-                parameter="tools",
-                code="invalidTools",
-            )
         found = await asyncio.to_thread(self.tools.require, unique)  # may start a sandbox once
         return {tool.name: tool for tool in found}
 

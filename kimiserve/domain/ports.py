@@ -6,9 +6,13 @@ protocols only, never on a concrete store. Money is integer micro-USD everywhere
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from kimiserve.domain.principal import Principal
+    from kimiserve.domain.types import GenerationRequest, MediaKind
 
 # ---- rows ---------------------------------------------------------------------------------
 
@@ -23,6 +27,15 @@ class Limits:
 
     def any(self) -> bool:
         return any(v is not None for v in (self.rpm, self.tpm, self.concurrency))
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """One window's state for OpenAI's `x-ratelimit-*` headers (the tightest of key and account)."""
+
+    limit: int
+    remaining: int
+    reset_s: float
 
 
 @dataclass(frozen=True)
@@ -209,3 +222,38 @@ class NoObserver:
 
     def reserved(self, delta_micros: int) -> None:
         return None
+
+
+# ---- rate limits (platform/rate_limits.py implements these) --------------------------------
+
+
+class Permit(Protocol):
+    """An admitted request's place under its key's and account's limits, until `release()`."""
+
+    @property
+    def requests(self) -> WindowState | None: ...
+    @property
+    def tokens(self) -> WindowState | None: ...
+    async def record_tokens(self, tokens: int) -> None: ...
+    def release(self) -> None: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, principal: Principal, tokens: int) -> Permit:
+        """Admit one request expected to use `tokens` (its prompt), or raise RateLimited."""
+        ...
+
+
+# ---- media (media/resolve.py implements this) ----------------------------------------------
+
+
+class MediaResolver(Protocol):
+    async def resolve(
+        self,
+        account_id: str,
+        request: GenerationRequest,
+        parameter_of: Callable[[int, MediaKind, int], str],
+    ) -> GenerationRequest:
+        """The request with every message's image and video references replaced by data URIs;
+        a reference that cannot be had raises, named by `parameter_of(message, kind, index)`."""
+        ...

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from kimiserve.domain.types import (
     BuiltinToolResult,
+    Charged,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -80,6 +81,7 @@ class Accumulator:
         self.builtin: list[BuiltinToolResult] = []
         self.usage = Usage(0, 0)
         self.finish: FinishReason = "unknown"
+        self.charged: int | None = None
 
     def add(self, event: PipelineEvent) -> None:
         if isinstance(event, TextDelta):
@@ -94,6 +96,8 @@ class Accumulator:
             self.finish = event.reason
         elif isinstance(event, BuiltinToolResult):
             self.builtin.append(event)
+        elif isinstance(event, Charged):
+            self.charged = event.cost_micros
 
     def result(self) -> GenerationResult:
         return GenerationResult(
@@ -103,7 +107,7 @@ class Accumulator:
             tool_calls=tuple(self.calls),
             usage=self.usage,
             finish_reason=self.finish,
-            cost_micros=self._model.price.cost(self.usage),
+            cost_micros=self.charged if self.charged is not None else self._model.price.cost(self.usage),
             builtin=tuple(self.builtin),
         )
 

@@ -25,8 +25,8 @@ from contextlib import AbstractContextManager, suppress
 from typing import Any, Protocol
 
 from kimiserve.domain.ports import TaskExists, TaskRow, TaskStore
+from kimiserve.domain.principal import Principal
 from kimiserve.errors import Conflict, KimiserveError, NotFound, as_kimiserve_error
-from kimiserve.platform.api_keys import Principal
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Literal
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "unknown"]
 ThinkingLevel = Literal["none", "low", "medium", "high", "xhigh"]
+MediaKind = Literal["image", "video"]
 
 # The one reasoning budget, in tokens, per thinking level: both protocols' levels map here, and an
 # engine that reasons within a budget (the embedded one closes its `<think>` section itself when
@@ -186,5 +187,14 @@ class BuiltinToolResult:
     is_error: bool = False
 
 
-PipelineEvent = Event | BuiltinToolCall | BuiltinToolResult
-"""What `Admission.stream` yields: the engine's events, plus the built-in tools' calls and runs."""
+@dataclass(frozen=True)
+class Charged:
+    """What a finished generation was charged, in micro-USD: its cost at the model's prices,
+    capped at its hold (the cost a protocol reports). Yielded once, just before `Finished`."""
+
+    cost_micros: int
+
+
+PipelineEvent = Event | BuiltinToolCall | BuiltinToolResult | Charged
+"""What the front door yields per generation: the engine's events, the built-in tools' calls and
+runs, and the charge."""

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kimiserve.domain.ports import Limits
+from kimiserve.domain.principal import authorize
 from kimiserve.errors import InvalidRequest, NotFound, as_kimiserve_error
 from kimiserve.http.auth import authenticate, bearer_key, services_of
 from kimiserve.http.body import read_json
@@ -91,7 +92,7 @@ def _error(exc: BaseException, request: Request) -> JSONResponse:
 async def _admin(request: Request) -> Admin:
     services = services_of(request)
     principal = await authenticate(services, bearer_key(request))
-    services.pipeline.authorize(principal, "admin")
+    authorize(principal, "admin")
     return services.admin
 
 

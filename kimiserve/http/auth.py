@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from kimiserve.domain.principal import Principal
 from kimiserve.http.context import Context
-from kimiserve.platform.api_keys import Principal
 
 
 def bearer_key(conn: HTTPConnection) -> str | None:

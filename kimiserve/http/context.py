@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from kimiserve.delivery.tasks import TaskDelivery
+from kimiserve.domain.inference import Inference
 from kimiserve.domain.pipeline import Pipeline
+from kimiserve.domain.principal import Principal
 from kimiserve.domain.tasks import Tasks
 from kimiserve.engines.registry import ModelRegistry
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.admin import Admin
-from kimiserve.platform.api_keys import Principal
 from kimiserve.settings import Settings
 
 
@@ -39,6 +41,14 @@ class WebhookQueue(Protocol):
 class Context(Protocol):
     @property
     def settings(self) -> Settings: ...
+    @property
+    def inference(self) -> Inference:
+        """The front door: every inference request runs through it."""
+
+    @property
+    def delivery(self) -> TaskDelivery:
+        """Sync / async / webhook deliveries of a task (and its record)."""
+
     @property
     def pipeline(self) -> Pipeline: ...
     @property

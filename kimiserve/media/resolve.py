@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from kimiserve.domain.types import GenerationRequest, Message
-from kimiserve.media.uploads import Media, MediaKind, MediaStore
+from kimiserve.domain.types import GenerationRequest, MediaKind, Message
+from kimiserve.media.uploads import Media, MediaStore
 
 
 async def resolve_media(
@@ -72,3 +72,18 @@ async def _load_all(
             raise result
         loaded.append(result)
     return loaded
+
+
+class Resolver:
+    """The domain's `MediaResolver` port over the media store (uploads, data URIs, fetched URLs)."""
+
+    def __init__(self, media: MediaStore) -> None:
+        self._media = media
+
+    async def resolve(
+        self,
+        account_id: str,
+        request: GenerationRequest,
+        parameter_of: Callable[[int, MediaKind, int], str],
+    ) -> GenerationRequest:
+        return await resolve_message_media(self._media, account_id, request, parameter_of)

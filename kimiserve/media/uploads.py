@@ -22,17 +22,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from kimiserve.domain.types import MediaKind
 from kimiserve.errors import InvalidRequest
 from kimiserve.media.fetch import FetchError, SafeFetcher
 from kimiserve.storage.sql.media import MediaRow, SqlMediaStore
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)", re.S)
-
-
-MediaKind = Literal["image", "video"]
 
 
 @dataclass(frozen=True)

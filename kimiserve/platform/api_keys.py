@@ -21,16 +21,14 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from kimiserve.domain.ports import AccountStore, KeyRow, Limits
+from kimiserve.domain.principal import SCOPES as SCOPES
+from kimiserve.domain.principal import Principal
 from kimiserve.errors import AuthenticationFailed, InvalidRequest
 
 PREFIX = "ks"
 
-# What a key may do. `inference`: textInference and chat completions; `tasks:read`:
-# getResponse and getTaskDetails; `media:upload`: imageUpload; `admin`: the /admin API.
-SCOPES: tuple[str, ...] = ("inference", "tasks:read", "media:upload", "admin")
 DEFAULT_SCOPES: frozenset[str] = frozenset({"inference", "tasks:read", "media:upload"})
 
 
@@ -47,20 +45,6 @@ def parse_scopes(text: str) -> frozenset[str]:
             parameter="scopes",
         )
     return frozenset(names)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the account every task, usage record and price belongs to, and what the
-    key may do."""
-
-    account_id: str
-    key_id: str
-    scopes: frozenset[str] = frozenset(SCOPES)
-    models: tuple[str, ...] | None = None  # None: every model
-    key_limits: Limits = field(default_factory=Limits)
-    account_limits: Limits = field(default_factory=Limits)
-    metered: bool | None = None  # whether the account is metered, as read with the key; None: unknown
 
 
 def _hash(key: str) -> str:

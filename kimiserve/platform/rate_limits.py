@@ -25,20 +25,11 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 
-from kimiserve.domain.ports import Limits
+from kimiserve.domain.ports import Limits, WindowState
+from kimiserve.domain.principal import Principal
 from kimiserve.errors import RateLimited, ServiceUnavailable
-from kimiserve.platform.api_keys import Principal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WindowState:
-    """One window's state for OpenAI's `x-ratelimit-*` headers (the tightest of key and account)."""
-
-    limit: int
-    remaining: int
-    reset_s: float
 
 
 @dataclass

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from kimiserve.domain.ports import Limits
+from kimiserve.domain.principal import Principal
 from kimiserve.errors import RateLimited, ServiceUnavailable
-from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.rate_limits import RateLimiter
 from kimiserve.platform.shared_redis import SharedRedis
 from tests.dbservers import RedisServer

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from kimiserve.domain.principal import Principal
 from kimiserve.domain.tasks import Tasks
-from kimiserve.platform.api_keys import Principal
 from kimiserve.platform.shared_redis import SharedRedis, TaskBus
 from kimiserve.storage.sql.database import open_database
 from kimiserve.storage.sql.tasks import SqlTaskStore

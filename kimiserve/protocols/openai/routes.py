@@ -11,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from kimiserve.domain.principal import authorize
 from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, caller, services_of
 from kimiserve.http.body import read_json
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
-from kimiserve.media.resolve import resolve_message_media
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
 from kimiserve.protocols.openai.stream import PROTOCOL, open_stream, rate_limit_headers
@@ -63,26 +63,18 @@ async def chat_completions(request: Request) -> Response:
     request_id = request_id_of(request)
     completion_id = "chatcmpl-" + request_id.removeprefix("req_")
     names: dict[str, str] = {}
-    pipeline = services.pipeline
     try:
         principal = await caller(services, request)
-        pipeline.authorize(principal, "inference")
+        authorize(principal, "inference")
         chat = translate.parse(await read_json(request, services.settings.max_body_bytes))
         names = translate.param_names(chat)
-        model = pipeline.model(principal, chat.model)
-        base = translate.to_generation_request(chat, model)
-        base = await resolve_message_media(
-            services.media, principal.account_id, base, translate.media_parameter(chat)
-        )
-        admission = await pipeline.admit(
-            principal, model, base, n=chat.n or 1, seed=chat.seed, protocol=PROTOCOL, request_id=completion_id
-        )
+        call = translate.to_call(chat, completion_id)
         reply = translate.Reply.start(completion_id, chat.model)
         if chat.stream:
+            started = await services.inference.start(principal, call)
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return await open_stream(services, admission, reply, include_usage=include_usage, names=names)
-        async with admission:
-            results = await _unless_disconnected(request, admission.run_all())
+            return await open_stream(services, started, reply, include_usage=include_usage, names=names)
+        done = await _unless_disconnected(request, services.inference.complete(principal, call))
     except ClientDisconnected:
         services.metrics.request(PROTOCOL, "chat.completion", "clientDisconnected")
         return Response(status_code=CLIENT_CLOSED)
@@ -92,8 +84,8 @@ async def chat_completions(request: Request) -> Response:
         return error_response(exc, request_id, names)
     services.metrics.request(PROTOCOL, "chat.completion", "success")
     return JSONResponse(
-        translate.completion(reply, results),
-        headers=rate_limit_headers(admission),
+        translate.completion(reply, done.results),
+        headers=rate_limit_headers(done.admitted),
     )
 
 

@@ -12,14 +12,13 @@ built-in tools, so no OpenAI request runs them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
-from kimiserve.domain.pipeline import Admission
+from kimiserve.domain.inference import Admitted, Started
 from kimiserve.domain.types import Finished, PipelineEvent, ReasoningDelta, TextDelta, ToolCallEvent, Usage
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
@@ -28,49 +27,13 @@ from kimiserve.http.sse import frame, primed, with_keepalive
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
 
-PROTOCOL = "openai"
+PROTOCOL = translate.PROTOCOL
 
 
-async def merge(
-    sources: Sequence[AsyncIterator[PipelineEvent]],
-) -> AsyncIterator[tuple[int, PipelineEvent]]:
-    """The events of several streams as they come, each with its source's index.
-
-    The first error ends the merge; closing it (or an error) closes every source.
-    """
-    if len(sources) == 1:  # the usual case (n = 1): no task per event
-        try:
-            async for event in sources[0]:
-                yield 0, event
-        finally:
-            await sources[0].aclose()  # type: ignore[attr-defined]
-        return
-    pending: dict[asyncio.Future[PipelineEvent], int] = {
-        asyncio.ensure_future(anext(s)): i for i, s in enumerate(sources)
-    }
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in sorted(done, key=lambda t: pending[t]):
-                index = pending.pop(task)
-                try:
-                    event = task.result()
-                except StopAsyncIteration:
-                    continue
-                pending[asyncio.ensure_future(anext(sources[index]))] = index
-                yield index, event
-    finally:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for source in sources:
-            await source.aclose()  # type: ignore[attr-defined]
-
-
-def rate_limit_headers(admission: Admission) -> dict[str, str]:
+def rate_limit_headers(admitted: Admitted) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers, for the limits the request was admitted under."""
     headers: dict[str, str] = {}
-    for what, state in (("requests", admission.permit.requests), ("tokens", admission.permit.tokens)):
+    for what, state in (("requests", admitted.requests), ("tokens", admitted.tokens)):
         if state is not None:
             headers[f"x-ratelimit-limit-{what}"] = str(state.limit)
             headers[f"x-ratelimit-remaining-{what}"] = str(state.remaining)
@@ -80,32 +43,28 @@ def rate_limit_headers(admission: Admission) -> dict[str, str]:
 
 async def open_stream(
     services: Context,
-    admission: Admission,
+    started: Started,
     reply: translate.Reply,
     *,
     include_usage: bool,
     names: Mapping[str, str],
 ) -> StreamingResponse:
-    """Start the generations and wait for the first event (raising early errors), then stream.
-    The stream owns the admission from here: its end (or the client leaving) closes it."""
-    try:
-        sources = [admission.stream(i) for i in range(len(admission.generations))]
-        events = await primed(merge(sources), services.settings.keepalive_s)
-    except BaseException:
-        await admission.aclose()
-        raise
+    """Wait for the first event (raising early errors), then stream. The stream's end (or the
+    client leaving) closes the events, which settles or releases the request."""
+    events = await primed(started.events, services.settings.keepalive_s)  # closes them if it raises
+    admitted = started.admitted
     outcome = Outcome()
     frames = _frames(
-        reply, events, len(admission.generations), include_usage=include_usage, names=names, outcome=outcome
+        reply, events, len(admitted.seeds), include_usage=include_usage, names=names, outcome=outcome
     )
-    body = _owned(frames, services, admission, outcome)
+    body = _counted(frames, services, outcome)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
         headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            **rate_limit_headers(admission),
+            **rate_limit_headers(admitted),
         },
     )
 
@@ -117,16 +76,15 @@ class Outcome:
     status: str = "clientDisconnected"
 
 
-async def _owned(
-    frames: AsyncGenerator[bytes, None], services: Context, admission: Admission, outcome: Outcome
+async def _counted(
+    frames: AsyncGenerator[bytes, None], services: Context, outcome: Outcome
 ) -> AsyncGenerator[bytes, None]:
-    """The frames, and when they end (or the client leaves) the admission closed and counted."""
+    """The frames, and when they end (or the client leaves) the request counted."""
     try:
         async with contextlib.aclosing(frames):
             async for data in frames:
                 yield data
     finally:
-        await admission.aclose()
         services.metrics.request(PROTOCOL, "chat.completion", outcome.status)
 
 

@@ -1,7 +1,8 @@
 """OpenAI wire ↔ domain: a chat-completions body → GenerationRequest; results → the reply shapes.
 
-Rules that need the served model (vision, thinking, tools) are checked here against the
-engine's capabilities, so every refusal names the exact parameter the client sent.
+What needs the served model (vision, thinking, tools) is checked by the front door
+(`domain/capabilities.py`), with the parameters named here (`parameters`), so every refusal
+names the exact parameter the client sent.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kimiserve.domain.capabilities import Parameters
+from kimiserve.domain.inference import Call
 from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.types import (
     Constraint,
     GenerationRequest,
+    MediaKind,
     Message,
     Sampling,
     ThinkingLevel,
@@ -29,12 +33,12 @@ from kimiserve.domain.types import (
 )
 from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
-from kimiserve.media.uploads import MediaKind
 from kimiserve.protocols.openai.errors import from_validation
 from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ContentPart, ResponseFormat
 
 log = logging.getLogger(__name__)
 
+PROTOCOL = "openai"
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
@@ -71,13 +75,7 @@ def param_names(chat: ChatCompletionRequest) -> dict[str, str]:
     return {}
 
 
-def _model_name(model: ServedModel) -> str:
-    if model.stand_in_for:
-        return f"{model.id} (served here by the local stand-in {model.stand_in_for})"
-    return model.id
-
-
-def _text_of(message: ChatMessage, i: int, model: ServedModel) -> tuple[str, list[str], list[str]]:
+def _text_of(message: ChatMessage, i: int) -> tuple[str, list[str], list[str]]:
     """A message's text, and the image and video URLs of its parts."""
     if message.content is None:
         if message.role == "assistant":
@@ -101,12 +99,6 @@ def _text_of(message: ChatMessage, i: int, model: ServedModel) -> tuple[str, lis
             continue
         kind = part.type.removesuffix("_url")  # image | video
         url = part.image_url if part.type == "image_url" else part.video_url
-        if not model.engine.capabilities.vision:
-            raise UnsupportedFeature(
-                f"{where} is an {part.type} part, but {_model_name(model)} has no {kind} input. "
-                "Send text only.",
-                parameter=where,
-            )
         if message.role != "user":
             raise InvalidRequest(
                 f"{where}: only user messages may contain {part.type} parts.", parameter=where
@@ -117,10 +109,10 @@ def _text_of(message: ChatMessage, i: int, model: ServedModel) -> tuple[str, lis
     return "\n".join(texts), images, videos
 
 
-def _messages(chat: ChatCompletionRequest, model: ServedModel) -> list[Message]:
+def _messages(chat: ChatCompletionRequest) -> list[Message]:
     out: list[Message] = []
     for i, m in enumerate(chat.messages):
-        text, images, videos = _text_of(m, i, model)
+        text, images, videos = _text_of(m, i)
         if m.role == "tool":
             if not m.tool_call_id:
                 raise InvalidRequest(
@@ -161,7 +153,7 @@ def media_parameter(chat: ChatCompletionRequest) -> Callable[[int, MediaKind, in
     return parameter
 
 
-def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
+def _thinking(chat: ChatCompletionRequest) -> ThinkingLevel:
     effort = chat.reasoning_effort
     if chat.thinking is not None and chat.thinking.type == "disabled":
         if effort not in (None, "none"):
@@ -171,54 +163,45 @@ def _thinking(chat: ChatCompletionRequest, model: ServedModel) -> ThinkingLevel:
             )
         return "none"
     enabled = chat.thinking is not None  # type "enabled"
-    level: ThinkingLevel = _EFFORT[effort] if effort is not None else ("high" if enabled else "none")
-    if level != "none" and model.engine.capabilities.thinking == "none":
-        param = "thinking" if enabled else "reasoning_effort"
-        raise UnsupportedFeature(
-            f"Thinking is not available with {_model_name(model)}: leave out thinking "
-            'and reasoning_effort (or send thinking {"type": "disabled"}, reasoning_effort \'none\').',
-            parameter=param,
-        )
-    return level
+    return _EFFORT[effort] if effort is not None else ("high" if enabled else "none")
 
 
-def _tools(chat: ChatCompletionRequest, model: ServedModel) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
-    tools = chat.tools or []
-    choice = chat.tool_choice
-    if tools and model.engine.capabilities.tools == "none":
-        raise UnsupportedFeature(
-            f"Tool calling is not available with {_model_name(model)}; send no tools.",
-            parameter="tools",
-        )
-    seen: set[str] = set()
-    for i, t in enumerate(tools):
-        if t.function.name in seen:
-            raise InvalidRequest(
-                f"tools[{i}].function.name: {t.function.name!r} is declared twice; "
-                "tool names must be unique.",
-                parameter=f"tools[{i}].function.name",
-            )
-        seen.add(t.function.name)
+def _tools(chat: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
     specs = tuple(
         ToolSpec(
             name=t.function.name,
             description=t.function.description or "",
             parameters=json.dumps(t.function.parameters or {"type": "object", "properties": {}}),
         )
-        for t in tools
+        for t in chat.tools or []
     )
+    choice = chat.tool_choice
     if choice is None:
         return specs, ToolChoice()
     if isinstance(choice, str):
-        if choice == "required" and not specs:
-            raise InvalidRequest("tool_choice 'required' needs tools.", parameter="tool_choice")
         return specs, ToolChoice(mode=choice)
-    if choice.function.name not in {s.name for s in specs}:
-        raise InvalidRequest(
-            f"tool_choice names {choice.function.name!r}, which is not among the tools.",
-            parameter="tool_choice",
-        )
     return specs, ToolChoice(mode="named", name=choice.function.name)
+
+
+def parameters(chat: ChatCompletionRequest) -> Parameters:
+    """How this request names what the front door checks."""
+
+    def part(i: int, kind: MediaKind, k: int) -> str:
+        content = chat.messages[i].content
+        parts = [
+            j for j, p in enumerate(content or []) if isinstance(p, ContentPart) and p.type == f"{kind}_url"
+        ]
+        return f"messages[{i}].content[{parts[k]}]"
+
+    enabled = chat.thinking is not None and chat.thinking.type == "enabled"
+    return Parameters(
+        thinking="thinking" if enabled or chat.reasoning_effort is None else "reasoning_effort",
+        tools="tools",
+        tool_choice="tool_choice",
+        media=media_parameter(chat),
+        media_input=part,
+        tool_name=lambda i: f"tools[{i}].function.name",
+    )
 
 
 def _constraint(fmt: ResponseFormat | None) -> Constraint | None:
@@ -245,11 +228,24 @@ def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
         raise UnsupportedFeature("logprobs are not available on this server.", parameter="logprobs")
 
 
-def to_generation_request(chat: ChatCompletionRequest, model: ServedModel) -> GenerationRequest:
+def to_call(chat: ChatCompletionRequest, request_id: str) -> Call:
+    """The chat request as the front door takes it."""
+    return Call(
+        model=chat.model,
+        request=to_generation_request(chat),
+        protocol=PROTOCOL,
+        parameters=parameters(chat),
+        n=chat.n or 1,
+        seed=chat.seed,
+        request_id=request_id,
+    )
+
+
+def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
     _refuse_unsupported(chat)
-    messages = _messages(chat, model)
-    thinking = _thinking(chat, model)
-    tools, tool_choice = _tools(chat, model)
+    messages = _messages(chat)
+    thinking = _thinking(chat)
+    tools, tool_choice = _tools(chat)
     stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
     top_k = chat.top_k if chat.top_k is not None else 0
     sampling = Sampling(
@@ -265,7 +261,7 @@ def to_generation_request(chat: ChatCompletionRequest, model: ServedModel) -> Ge
         ignore_eos=bool(chat.ignore_eos),
     )
     return GenerationRequest(
-        model=model.id,
+        model=chat.model,
         messages=tuple(messages),
         sampling=sampling,
         constraint=_constraint(chat.response_format),

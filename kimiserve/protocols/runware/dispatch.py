@@ -15,21 +15,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kimiserve.delivery.webhooks import delivery_id
-from kimiserve.domain.pipeline import Admission
-from kimiserve.domain.tasks import INTERRUPTED, Tasks, stored_error
-from kimiserve.engines.registry import ServedModel
+from kimiserve.delivery.tasks import Delivery, Render, TaskSpec
+from kimiserve.domain.inference import Call
+from kimiserve.domain.principal import Principal, authorize
+from kimiserve.domain.tasks import Tasks, stored_error
 from kimiserve.errors import (
     InvalidRequest,
     KimiserveError,
     RateLimited,
     UnsupportedFeature,
-    as_kimiserve_error,
 )
 from kimiserve.http.context import Context
 from kimiserve.media.fetch import FetchError
-from kimiserve.media.resolve import resolve_media
-from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
 from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.models import (
@@ -45,7 +42,7 @@ from kimiserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "runware"
+PROTOCOL = translate.PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -78,6 +75,14 @@ def public_base_url(settings: Settings) -> str:
 def task_record(task: Task) -> dict[str, Any]:
     """The task as stored with its record (and echoed by getTaskDetails)."""
     return task.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def task_spec(task: TextInferenceTask) -> TaskSpec:
+    """How a textInference task is recorded and delivered."""
+    delivery: Delivery = "webhook" if task.webhookURL is not None else "async"
+    if task.webhookURL is None and task.deliveryMethod != "async":
+        delivery = "sync"  # "stream" is refused before: it is answered by stream.py
+    return TaskSpec(task.taskUUID, "textInference", delivery, task_record(task), webhook_url=task.webhookURL)
 
 
 class Dispatcher:
@@ -127,7 +132,6 @@ class Dispatcher:
 
     async def _run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
         task = parse_task(raw)
-        authorize = self._services.pipeline.authorize
         if isinstance(task, PingTask):
             return [{"taskType": "ping", "pong": True}]
         if isinstance(task, TextInferenceTask):
@@ -143,43 +147,9 @@ class Dispatcher:
             return await self.image_upload(principal, task)
         return []  # authentication: already handled by the transport
 
-    def prepare(self, principal: Principal, task: TextInferenceTask) -> ServedModel:
-        """Checks shared by every delivery, before anything is fetched, held or recorded."""
-        pipeline = self._services.pipeline
-        pipeline.authorize(principal, "inference")
-        model = pipeline.model(principal, task.model)
-        translate.refuse_unsupported(task, model.engine.capabilities, resolves_media=True)
-        if not model.engine.capabilities.vision and task.inputs is not None:
-            served = model.stand_in_for or model.id
-            for kind, refs in (("images", task.inputs.images), ("videos", task.inputs.videos)):
-                if refs:
-                    raise UnsupportedFeature(
-                        f"The served model ({served}) has no {kind[:-1]} input; "
-                        f"send the task without inputs.{kind}.",
-                        parameter=f"inputs.{kind}",
-                    )
-        return model
-
-    async def resolve_inputs(
-        self, principal: Principal, task: TextInferenceTask
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The task's `inputs.images` and `inputs.videos` as data URIs; one that cannot be had
-        names its index."""
-        inputs = task.inputs
-        if inputs is None or not (inputs.images or inputs.videos):
-            return (), ()
-        media, account = self._services.media, principal.account_id
-        images = await resolve_media(media, account, inputs.images or [], parameter="inputs.images")
-        videos = await resolve_media(
-            media, account, inputs.videos or [], parameter="inputs.videos", kind="video"
-        )
-        return tuple(m.data_uri() for m in images), tuple(m.data_uri() for m in videos)
-
-    async def admit(self, principal: Principal, task: TextInferenceTask) -> Admission:
-        """Everything before a textInference runs: checks, images, webhook URL, then the pipeline's
-        admission (limits and credit). The caller owns the returned admission."""
-        model = self.prepare(principal, task)
-        images, videos = await self.resolve_inputs(principal, task)
+    async def call(self, task: TextInferenceTask) -> Call:
+        """The task as the front door takes it, once its webhook URL is known to be reachable."""
+        call: Call = translate.to_call(task)
         if task.webhookURL is not None:
             try:
                 await self._services.fetcher.check_url(task.webhookURL)
@@ -187,95 +157,22 @@ class Dispatcher:
                 raise InvalidRequest(
                     f"webhookURL: {exc}", code="invalidWebhookURL", parameter="webhookURL"
                 ) from None
-        request = translate.to_generation_request(task, model.id, images, videos)
-        return await self._services.pipeline.admit(
-            principal,
-            model,
-            request,
-            n=task.numberResults,
-            seed=task.seed,
-            protocol=PROTOCOL,
-            request_id=task.taskUUID,
-            builtin_tools=translate.builtin_tools(task),
-        )
-
-    async def begin(self, principal: Principal, task: TextInferenceTask, admission: Admission) -> str:
-        """Record the admitted task (409 for a reused taskUUID, its hold released); its delivery."""
-        delivery = "webhook" if task.webhookURL is not None else task.deliveryMethod
-        try:
-            await self.tasks.begin(principal, task.taskUUID, "textInference", delivery, task_record(task))
-        except BaseException:
-            await admission.aclose()
-            raise
-        return delivery
+        return call
 
     async def text_inference(self, principal: Principal, task: TextInferenceTask) -> list[dict[str, Any]]:
         if task.deliveryMethod == "stream":
             raise UnsupportedFeature(
                 "deliveryMethod 'stream' must be the only task of its request.", parameter="deliveryMethod"
             )
-        admission = await self.admit(principal, task)
-        delivery = await self.begin(principal, task, admission)
-        ack = [{"taskType": "textInference", "taskUUID": task.taskUUID}]
-        if delivery == "webhook":
-            self.tasks.spawn(self.execute_webhook(admission, task))
-            return ack
-        work = self.execute(admission, task)
-        if delivery == "async":
-            self.tasks.spawn(work)
-            return ack
-        return await work
-
-    async def execute(self, admission: Admission, task: TextInferenceTask) -> list[dict[str, Any]]:
-        """Run the N generations, store the outcome durably, return the items (or raise)."""
-
-        async def items() -> list[dict[str, Any]]:
-            return [translate.result_item(task, r) for r in await admission.run_all()]
-
-        async with admission:
-            return await self.tasks.track(task.taskUUID, items())
-
-    async def execute_webhook(self, admission: Admission, task: TextInferenceTask) -> None:
-        """Each generation is enqueued for its webhook POST as soon as it ends, success or error;
-        a shutdown mid-run enqueues the `taskInterrupted` error (the outbox is durable)."""
-        task_uuid = task.taskUUID
-        account_id = admission.principal.account_id
-        url = task.webhookURL
-        assert url is not None
-        webhooks = self._services.webhooks
-
-        async def send(key: int | str, payload: dict[str, Any]) -> None:
-            await webhooks.enqueue(delivery_id(task_uuid, key), account_id, task_uuid, url, payload)
-
-        async def one(index: int) -> dict[str, Any]:
-            try:
-                result = await admission.run(index)
-            except Exception as exc:
-                err = as_kimiserve_error(exc)
-                await send(
-                    index, {"errors": [error_item(err, task_type="textInference", task_uuid=task_uuid)]}
-                )
-                raise err from exc
-            item = translate.result_item(task, result)
-            await send(index, {"data": [item]})
-            return item
-
-        async def items() -> list[dict[str, Any]]:
-            try:
-                outcomes = await asyncio.gather(
-                    *(one(i) for i in range(len(admission.generations))), return_exceptions=True
-                )
-            except asyncio.CancelledError:
-                error = error_item(INTERRUPTED, task_type="textInference", task_uuid=task_uuid)
-                await asyncio.shield(send("error", {"errors": [error]}))
-                raise
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            return [o for o in outcomes if not isinstance(o, BaseException)]
-
-        async with admission:
-            await self.tasks.track(task_uuid, items())
+        spec = task_spec(task)
+        render = Render(
+            item=lambda result: translate.result_item(task, result),
+            error=lambda err: {
+                "errors": [error_item(err, task_type="textInference", task_uuid=task.taskUUID)]
+            },
+        )
+        items = await self._services.delivery.deliver(principal, await self.call(task), spec, render)
+        return items if items is not None else [{"taskType": "textInference", "taskUUID": task.taskUUID}]
 
     async def image_upload(self, principal: Principal, task: ImageUploadTask) -> list[dict[str, Any]]:
         """Store the image under a new imageUUID, served back at /media/<imageUUID>."""

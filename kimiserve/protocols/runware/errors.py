@@ -17,9 +17,11 @@ log = logging.getLogger(__name__)
 DOCS = "https://runware.ai/docs/models/moonshotai-kimi-k2-6"
 
 # Runware answers only with these statuses, and 413 for a body over the size cap (what proxies
-# and HTTP clients understand; the SDK reads the error body whatever the status); the others
-# fold into 400.
+# and HTTP clients understand; the SDK reads the error body whatever the status). Others fold by
+# side: a client error into 400, a server-side one into 503 when it is worth retrying (an
+# upstream timeout, 504) and 500 otherwise (502): a server-side failure is never a 4xx.
 _RUNWARE_STATUSES = {400, 401, 402, 403, 413, 429, 500, 503}
+_RETRYABLE = {503, 504}
 
 _CONVERTED = "_kimiserve_error"  # where an unexpected exception keeps its one reference
 
@@ -73,7 +75,11 @@ def retry_after_header(exc: BaseException) -> dict[str, str]:
 
 def status_of(exc: BaseException) -> int:
     status = to_error(exc).status
-    return status if status in _RUNWARE_STATUSES else 400
+    if status in _RUNWARE_STATUSES:
+        return status
+    if status >= 500:
+        return 503 if status in _RETRYABLE else 500
+    return 400
 
 
 def body_error_items(exc: KimiserveError, tasks: list[Any] | None) -> list[dict[str, Any]]:

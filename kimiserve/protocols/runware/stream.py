@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from kimiserve.domain.pipeline import Admission
+from kimiserve.domain.inference import Admitted
+from kimiserve.domain.principal import Principal
 from kimiserve.domain.results import Accumulator
 from kimiserve.domain.types import (
     BuiltinToolCall,
@@ -28,9 +30,8 @@ from kimiserve.errors import InvalidRequest
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.sse import frame, primed, with_keepalive
-from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware import translate
-from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher
+from kimiserve.protocols.runware.dispatch import PROTOCOL, Dispatcher, task_record
 from kimiserve.protocols.runware.errors import error_item, retry_after_header, status_of
 from kimiserve.protocols.runware.models import TextInferenceTask
 from kimiserve.protocols.runware.validation import parse_task, task_type_of, task_uuid_of
@@ -39,7 +40,13 @@ from kimiserve.protocols.runware.validation import parse_task, task_type_of, tas
 async def stream_task(services: Context, principal: Principal, raw: Any) -> Response:
     tasks = services.tasks
     begun = False
-    admission: Admission | None = None
+
+    async def recorded(_: Admitted) -> None:
+        nonlocal begun
+        assert isinstance(task, TextInferenceTask)
+        await tasks.begin(principal, task.taskUUID, "textInference", "stream", task_record(task))
+        begun = True
+
     try:
         task = parse_task(raw)
         if not isinstance(task, TextInferenceTask):
@@ -52,19 +59,15 @@ async def stream_task(services: Context, principal: Principal, raw: Any) -> Resp
                 parameter="numberResults",
                 code="invalidNumberResults",
             )
-        dispatcher = Dispatcher(services)
-        admission = await dispatcher.admit(principal, task)
-        await dispatcher.begin(principal, task, admission)
-        begun = True
-        events = await primed(admission.stream(0), services.settings.keepalive_s)
+        call = replace(await Dispatcher(services).call(task), on_admitted=recorded)
+        started = await services.inference.start(principal, call)
+        events = await primed(started.events, services.settings.keepalive_s)
     except Exception as exc:
-        if admission is not None:
-            await admission.aclose()
         err = await tasks.fail(raw["taskUUID"], exc) if begun else exc
         services.metrics.request(PROTOCOL, "textInference", getattr(err, "code", "internalServerError"))
         item = error_item(err, task_type=task_type_of(raw), task_uuid=task_uuid_of(raw))
         return JSONResponse({"errors": [item]}, status_code=status_of(err), headers=retry_after_header(err))
-    body = _frames(services, admission, task, events)
+    body = _frames(services, started.admitted, task, events)
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
@@ -73,17 +76,20 @@ async def stream_task(services: Context, principal: Principal, raw: Any) -> Resp
 
 
 async def _frames(
-    services: Context, admission: Admission, task: TextInferenceTask, events: AsyncIterator[PipelineEvent]
+    services: Context,
+    admitted: Admitted,
+    task: TextInferenceTask,
+    events: AsyncIterator[tuple[int, PipelineEvent]],
 ) -> AsyncGenerator[bytes, None]:
     tasks = services.tasks
     task_uuid = task.taskUUID
-    acc = Accumulator(admission.generations[0].seed, admission.model)
+    acc = Accumulator(admitted.seeds[0], admitted.model)
     ended = False
     status = "success"
     try:
-        async with admission, contextlib.aclosing(events):  # type: ignore[type-var]
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
             try:
-                async for event in events:
+                async for _, event in events:
                     acc.add(event)
                     if isinstance(event, TextDelta) and event.text:
                         yield frame(translate.delta_chunk(task_uuid, event.text))

@@ -7,9 +7,12 @@ defaults, so the wire model and the request it becomes cannot drift apart.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from kimiserve.domain.capabilities import Parameters
+from kimiserve.domain.inference import Admitted, Call
 from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.types import (
     BuiltinToolResult,
@@ -21,13 +24,13 @@ from kimiserve.domain.types import (
     ToolSpec,
     Usage,
 )
-from kimiserve.engines.base import Capabilities
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
 from kimiserve.platform.prices import micros_to_usd
 from kimiserve.protocols.runware.models import Message as WireMessage
 from kimiserve.protocols.runware.models import Settings, TextInferenceTask
 from kimiserve.protocols.runware.models import ToolChoice as WireToolChoice
 
+PROTOCOL = "runware"
 TASK_TYPE = "textInference"
 DEFAULT_SETTINGS = Settings()
 
@@ -36,50 +39,20 @@ _FINISH = {"stop": "stop", "length": "length", "tool_calls": "stop", "content_fi
 _CHOICE = {"auto": "auto", "any": "required", "none": "none", "tool": "named"}
 
 
-def refuse_unsupported(
-    task: TextInferenceTask, capabilities: Capabilities, *, resolves_media: bool = False
-) -> None:
-    """Fields the served engine cannot honour (or whose behaviour lands in later work):
-    validated already, refused by name here.
-
-    `inputs.images` and `inputs.videos` are left to a caller that checks the model's vision
-    itself and resolves them (`resolves_media`, naming one that cannot be had by its index);
-    any other caller gets them refused outright.
-    """
-    settings = task.settings or DEFAULT_SETTINGS
-    _refuse_tools(task, capabilities)
-    if settings.thinkingLevel != "none" and capabilities.thinking == "none":
-        raise UnsupportedFeature(
-            "Thinking is not available on this model; use thinkingLevel 'none'.",
-            parameter="settings.thinkingLevel",
-        )
+def refuse_unsupported(task: TextInferenceTask) -> None:
+    """Fields no engine here honours, refused by name (what the served model cannot do is the
+    front door's check, with the names of `parameters`)."""
     inputs = task.inputs
-    if inputs is not None:
-        if inputs.images and not resolves_media:
-            raise UnsupportedFeature("The served model has no image input.", parameter="inputs.images")
-        if inputs.videos and not resolves_media:
-            raise UnsupportedFeature("The served model has no video input.", parameter="inputs.videos")
-        if inputs.documents:
-            raise UnsupportedFeature("The served model has no document input.", parameter="inputs.documents")
+    if inputs is not None and inputs.documents:
+        raise UnsupportedFeature("The served model has no document input.", parameter="inputs.documents")
     if task.webhookURL is not None and task.deliveryMethod == "stream":
         raise UnsupportedFeature(
             "webhookURL cannot be combined with deliveryMethod 'stream'.", parameter="webhookURL"
         )
-
-
-def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
-    if capabilities.tools == "none":
-        if task.tools is not None:
-            raise UnsupportedFeature("Tool calling is not available on this model.", parameter="tools")
-        if task.toolChoice is not None:
-            raise UnsupportedFeature("Tool calling is not available on this model.", parameter="toolChoice")
-        return
-    seen: set[str] = set()
     builtin: set[str] = set()
     for i, tool in enumerate(task.tools or ()):
         if tool.type != "function":
-            # A built-in tool, run by the server's tool loop (whether it can run here is the
-            # pipeline's check); declared once, and its name is not a function's.
+            # A built-in tool, run by the server's tool loop; declared once.
             if tool.type in builtin:
                 raise InvalidRequest(
                     f"tools.{i}.type: the built-in tool {tool.type!r} is declared twice.",
@@ -87,28 +60,40 @@ def _refuse_tools(task: TextInferenceTask, capabilities: Capabilities) -> None:
                     code="invalidTools",
                 )
             builtin.add(tool.type)
-            continue
-        assert tool.name is not None  # the wire model requires it for function tools
-        if tool.name in seen:
-            raise InvalidRequest(
-                f"tools.{i}.name: {tool.name!r} is declared twice; tool names must be unique.",
-                parameter=f"tools.{i}.name",
-                code="invalidTools",
-            )
-        seen.add(tool.name)
-    for i, tool in enumerate(task.tools or ()):
-        if tool.type == "function" and tool.name in builtin:
-            raise InvalidRequest(
-                f"tools.{i}.name: {tool.name!r} is the name of the built-in tool declared beside it; "
-                "rename the function.",
-                parameter=f"tools.{i}.name",
-                code="invalidTools",
-            )
-    choice = task.toolChoice
-    if choice is not None and choice.type == "any" and not task.tools:
-        raise InvalidRequest(
-            "toolChoice 'any' needs tools to choose from.", parameter="toolChoice", code="invalidToolChoice"
-        )
+
+
+def parameters(task: TextInferenceTask) -> Parameters:
+    """How a task names what the front door checks: its images and videos are `inputs`."""
+    functions = [i for i, t in enumerate(task.tools or ()) if t.type == "function"]
+    return Parameters(
+        thinking="settings.thinkingLevel",
+        tools="tools",
+        tool_choice="toolChoice",
+        media=lambda _message, kind, k: f"inputs.{kind}s.{k}",
+        media_input=lambda _message, kind, _k: f"inputs.{kind}s",
+        tool_name=lambda j: f"tools.{functions[j]}.name",
+    )
+
+
+def to_call(
+    task: TextInferenceTask, on_admitted: Callable[[Admitted], Awaitable[None]] | None = None
+) -> Call:
+    """The task as the front door takes it; `on_admitted` records it (its delivery's business)."""
+    refuse_unsupported(task)
+    inputs = task.inputs
+    images = tuple(inputs.images or ()) if inputs is not None else ()
+    videos = tuple(inputs.videos or ()) if inputs is not None else ()
+    return Call(
+        model=task.model,
+        request=to_generation_request(task, task.model, images, videos),
+        protocol=PROTOCOL,
+        parameters=parameters(task),
+        n=task.numberResults,
+        seed=task.seed,
+        request_id=task.taskUUID,
+        builtins=builtin_tools(task),
+        on_admitted=on_admitted,
+    )
 
 
 def _tools(task: TextInferenceTask) -> tuple[ToolSpec, ...]:
@@ -148,8 +133,8 @@ def to_generation_request(
     images: tuple[str, ...] = (),
     videos: tuple[str, ...] = (),
 ) -> GenerationRequest:
-    """`images` and `videos` are the task's resolved `inputs`, as data URIs: they belong to the
-    task's last user message (the turn the task asks about)."""
+    """`images` and `videos` are the task's `inputs` (references the front door resolves): they
+    belong to the task's last user message (the turn the task asks about)."""
     settings = task.settings or DEFAULT_SETTINGS
     messages = [_message(m) for m in task.messages]
     if images or videos:

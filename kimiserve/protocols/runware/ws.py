@@ -34,6 +34,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from kimiserve.domain.principal import Principal
 from kimiserve.errors import (
     AuthenticationFailed,
     KimiserveError,
@@ -46,7 +47,6 @@ from kimiserve.http.body import parse_json
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import dumps
 from kimiserve.http.shutdown import Drain, ServerShuttingDown
-from kimiserve.platform.api_keys import Principal
 from kimiserve.protocols.runware.dispatch import Dispatcher
 from kimiserve.protocols.runware.errors import body_error_items, error_item
 from kimiserve.protocols.runware.sessions import Message, Session, SessionRegistry

@@ -7,10 +7,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from kimiserve.domain.inference import merge
 from kimiserve.domain.types import Event, Finished, TextDelta, Usage
 from kimiserve.errors import EngineError
 from kimiserve.protocols.openai import translate
-from kimiserve.protocols.openai.stream import _frames, merge
+from kimiserve.protocols.openai.stream import _frames
 
 REPLY = translate.Reply("chatcmpl-x", "kimi-k2.6", 0)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from kimiserve.domain import capabilities
 from kimiserve.domain.types import Constraint, Message, ToolCall, ToolChoice
 from kimiserve.engines.base import Capabilities
 from kimiserve.engines.fake import FakeEngine
@@ -39,7 +41,11 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def request(served: ServedModel = PLAIN, **fields: Any) -> Any:
-    return translate.to_generation_request(translate.parse(body(**fields)), served)
+    """The request as the front door passes it on: translated, then checked against `served`."""
+    call = translate.to_call(translate.parse(body(**fields)), "chatcmpl-test")
+    checked = replace(call.request, model=served.id)
+    capabilities.check(served, checked, call.parameters, call.builtins)
+    return checked
 
 
 def test_defaults() -> None:
