@@ -578,7 +578,7 @@ class Pipeline:
                     raise InsufficientCredits(
                         f"The account's available balance cannot cover this request's worst case "
                         f"(${worst * n / 1_000_000:.6f}: {n} × ({prompt_tokens} prompt tokens + "
-                        f"{max_tokens} output tokens)). Top up, or lower maxTokens / numberResults.",
+                        f"{max_tokens} output tokens)). Top up, or ask for fewer output tokens or results.",
                     ) from None
                 self.observer.reserved(worst * n)
                 holds = list(taken)

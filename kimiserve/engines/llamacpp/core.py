@@ -119,8 +119,8 @@ class Core:
         max_tokens = request.sampling.max_tokens
         if max_tokens is not None and len(prompt) + max_tokens > limit:
             raise ContextLengthExceeded(
-                f"The prompt ({len(prompt)} tokens) plus maxTokens ({max_tokens}) exceed this model's "
-                f"context of {limit} tokens; at most {limit - len(prompt)} tokens can be generated.",
+                f"The prompt ({len(prompt)} tokens) plus the {max_tokens} output tokens asked for exceed "
+                f"this model's context of {limit} tokens; at most {limit - len(prompt)} can be asked for.",
                 parameter="max_tokens",
             )
         self.grammar(request)
