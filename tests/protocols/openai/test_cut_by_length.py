@@ -87,9 +87,8 @@ async def test_json_object_cut_parses_or_is_the_raw_cut(client: AsyncOpenAI) -> 
 
 @pytest.mark.parametrize("tool_choice", ["required", "named"])
 async def test_forced_call_cut_is_the_partial_call(client: AsyncOpenAI, tool_choice: str) -> None:
-    choice_arg: Any = (
-        tool_choice if tool_choice == "required" else {"type": "function", "function": {"name": "get_weather"}}
-    )
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    choice_arg: Any = tool_choice if tool_choice == "required" else named
     reply = await client.chat.completions.create(
         model=MODEL, messages=WEATHER_ASK, tools=[WEATHER], tool_choice=choice_arg, max_tokens=12
     )
@@ -132,7 +131,9 @@ def test_forced_call_cut_streams_the_partial_call(server: ServerProcess, api_key
         json.loads(arguments)  # as cut: not closed
 
 
-def test_langchain_structured_output_does_not_silently_return_none(server: ServerProcess, api_key: str) -> None:
+def test_langchain_structured_output_does_not_silently_return_none(
+    server: ServerProcess, api_key: str
+) -> None:
     """`with_structured_output(method="function_calling")` on a cut call: LangChain raises (the
     arguments do not parse), where an empty turn made it return None."""
     langchain_openai = pytest.importorskip("langchain_openai")
