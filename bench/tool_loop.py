@@ -62,7 +62,7 @@ def script(rounds: int) -> list[list[Event]]:
 
 async def ms_per_task(server: InProcess, key: str, rounds: int, requests: int) -> float:
     server.engine.script = script(rounds)
-    server.services.pipeline.max_tool_rounds = 8
+    server.services.admissions.max_tool_rounds = 8
     times: list[float] = []
     async with httpx.AsyncClient(
         base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}
@@ -103,11 +103,11 @@ async def main(args: argparse.Namespace) -> None:
             admin = AdminClient(server, admin_key)
             key = await admin.account_with_key("bench", micros=1_000_000_000)
             await admin.aclose()
-            real = server.services.pipeline.tools
+            real = server.services.admissions.tools
             print("kind | repeat | " + " | ".join(f"{r} rounds ms" for r in ROUNDS) + " | ms per extra round")
             for repeat in range(1, args.repeats + 1):
                 for kind in kinds:
-                    server.services.pipeline.tools = (
+                    server.services.admissions.tools = (
                         ToolRegistry({"codeInterpreter": Stub()}) if kind == "stub" else real
                     )
                     points = [(r, await ms_per_task(server, key, r, args.requests)) for r in ROUNDS]

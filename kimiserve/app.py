@@ -22,6 +22,7 @@ from kimiserve.http.metrics import CONTENT_TYPE
 from kimiserve.http.notfound import anthropic_error_body, protocol_of
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
+from kimiserve.http.stall import StallGuard
 from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
@@ -146,6 +147,7 @@ def create_app(
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(DrainMiddleware, drain=drain, refuse=refusal),
+            Middleware(StallGuard, timeout_s=settings.stream_write_timeout_s),
         ],
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )

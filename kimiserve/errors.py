@@ -147,11 +147,20 @@ class InternalError(KimiserveError):
     status = 500
 
 
+_CONVERTED = "_kimiserve_error"  # where an unexpected exception keeps its one conversion
+
+
 def as_kimiserve_error(exc: BaseException) -> KimiserveError:
-    """Any exception as a KimiserveError. An unexpected one is logged once, with a reference
-    that the returned InternalError repeats — the same reference stored and shown to the client."""
+    """Any exception as a KimiserveError: the one converter. An unexpected one is logged once,
+    with a reference that the returned InternalError repeats; converting the same exception again
+    (stored with its task, then rendered) returns the same error, so one failure has one reference."""
     if isinstance(exc, KimiserveError):
         return exc
+    converted = getattr(exc, _CONVERTED, None)
+    if isinstance(converted, KimiserveError):
+        return converted
     ref = uuid.uuid4().hex[:12]
     log.error("internal error ref=%s", ref, exc_info=exc)
-    return InternalError(f"Internal server error (reference {ref}).")
+    converted = InternalError(f"Internal server error (reference {ref}).")
+    setattr(exc, _CONVERTED, converted)
+    return converted

@@ -10,16 +10,15 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kimiserve.delivery.tasks import TaskDelivery
-from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox, delivery_id
+from kimiserve.delivery.tasks import TaskDelivery, notify_interrupted_webhook
+from kimiserve.delivery.webhooks import WebhookConfig, WebhookOutbox
+from kimiserve.domain.admission import Admissions
 from kimiserve.domain.inference import Inference
-from kimiserve.domain.pipeline import Pipeline
-from kimiserve.domain.ports import TaskRow
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.replicas import Ownership
-from kimiserve.domain.tasks import INTERRUPTED, Tasks
+from kimiserve.domain.served import ServedModel, ServedModels, with_stand_ins
+from kimiserve.domain.tasks import Tasks
 from kimiserve.engines.base import Engine
-from kimiserve.engines.registry import KIMI_ALIASES, KIMI_ID, ModelRegistry, ServedModel
 from kimiserve.http.context import Context
 from kimiserve.http.metrics import Metrics
 from kimiserve.media.fetch import AddressPolicy, SafeFetcher
@@ -105,8 +104,8 @@ async def open_platform(settings: Settings, *, announce_key_changes: bool = Fals
 class Services:
     settings: Settings
     platform: Platform
-    registry: ModelRegistry
-    pipeline: Pipeline
+    registry: ServedModels
+    admissions: Admissions  # capacity, limits and credit: what the front door admits with
     metrics: Metrics
     default_principal: Principal  # used only in open mode
     fetcher: SafeFetcher  # the only way to reach a URL a client gave us
@@ -114,7 +113,7 @@ class Services:
     webhooks: WebhookOutbox
     inference: Inference  # the front door every protocol runs inference through
     delivery: TaskDelivery  # sync / async / webhook task deliveries over the front door
-    ownership: Ownership | None = None  # set once started (issue 13)
+    ownership: Ownership | None = None  # task leases across replicas (issue 13)
     error_log: ErrorLog | None = None  # refused/failed requests per minute, for the dashboard
     shared_redis: SharedRedis | None = None  # KIMISERVE_REDIS_URL (issue 13)
     key_changes: KeyChanges | None = None  # with Redis: key cache invalidations across replicas
@@ -133,7 +132,7 @@ class Services:
 
     def begin_shutdown(self) -> None:
         """Stop admitting: from now on a cancelled generation is a shutdown, never charged."""
-        self.pipeline.shutting_down = True
+        self.admissions.shutting_down = True
         self.platform.tasks.shutting_down = True
 
     async def aclose(self) -> None:
@@ -149,8 +148,8 @@ class Services:
         if self.shared_redis is not None:
             await self.shared_redis.aclose()
         await self.fetcher.aclose()
-        if self.pipeline.tools is not None:
-            await self.pipeline.tools.aclose()
+        if self.admissions.tools is not None:
+            await self.admissions.tools.aclose()
         for engine in self.registry.engines():
             await engine.aclose()
 
@@ -177,7 +176,7 @@ def build_embedded_engine(settings: Settings) -> tuple[Engine, str]:
     return LlamaCppEngine(config), model_id
 
 
-def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRegistry:
+def build_registry(settings: Settings, engine: Engine, model_id: str) -> ServedModels:
     """The served models: those of the models file (when set) first, then the embedded model under
     its own id; the embedded model answers for Kimi K2.6's names only when no file model takes them."""
     embedded = ServedModel(id=model_id, aliases=(), engine=engine, price=FREE)
@@ -190,27 +189,12 @@ def build_registry(settings: Settings, engine: Engine, model_id: str) -> ModelRe
             price = Price.from_usd(entry.price.input, entry.price.output, entry.price.cached)
             served.append(ServedModel(entry.id, entry.aliases, built.engine, price, owned_by=entry.owned_by))
             log.info("serving %s from %s", entry.id, ", ".join(u.url for u in entry.upstreams))
-    taken = {name for model in served for name in model.names}
-    if KIMI_ID not in taken and not taken.intersection(KIMI_ALIASES):
-        # No Kimi engine is configured: the embedded model answers for Kimi K2.6, said plainly.
-        kimi_price = Price.from_usd(
-            settings.price_input_per_million,
-            settings.price_output_per_million,
-            settings.price_cached_per_million,
-        )
-        served.append(
-            ServedModel(
-                id=KIMI_ID,
-                aliases=KIMI_ALIASES,
-                engine=engine,
-                price=kimi_price,
-                owned_by="moonshotai",
-                stand_in_for=model_id,
-            )
-        )
-    if model_id not in taken:
-        served.append(embedded)
-    return ModelRegistry(served)
+    kimi_price = Price.from_usd(
+        settings.price_input_per_million,
+        settings.price_output_per_million,
+        settings.price_cached_per_million,
+    )
+    return with_stand_ins(served, embedded, kimi_price)
 
 
 def build_fetcher(settings: Settings) -> SafeFetcher:
@@ -230,24 +214,6 @@ def build_webhooks(settings: Settings, platform: Platform, fetcher: SafeFetcher)
         concurrency=settings.webhook_concurrency,
     )
     return WebhookOutbox(SqlOutboxStore(platform.db), platform.account_store, fetcher, config)
-
-
-async def notify_interrupted_webhook(webhooks: WebhookOutbox, row: TaskRow) -> None:
-    """A webhook task a stopped replica cut off gets an error delivery, so its receiver is not left
-    waiting."""
-    task_uuid, account_id, request = row.task_uuid, row.account_id, row.request
-    if row.delivery == "webhook":
-        url = request.get("webhookURL")
-        if isinstance(url, str):
-            error = {
-                "code": INTERRUPTED.code,
-                "message": INTERRUPTED.message,
-                "taskType": request.get("taskType"),
-                "taskUUID": task_uuid,
-            }
-            await webhooks.enqueue(
-                delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
-            )
 
 
 async def build_services(settings: Settings) -> Services:
@@ -274,7 +240,7 @@ async def build_services(settings: Settings) -> Services:
     engine, model_id = build_embedded_engine(settings)
     registry = build_registry(settings, engine, model_id)
     metrics = Metrics(registry)
-    pipeline = Pipeline(
+    admissions = Admissions(
         registry,
         platform.ledger,
         RateLimiter(
@@ -290,12 +256,14 @@ async def build_services(settings: Settings) -> Services:
     media = MediaStore(
         settings.data_dir / "media", SqlMediaStore(platform.db), fetcher, settings.fetch_max_bytes
     )
-    inference = Inference(pipeline, Resolver(media))
+    inference = Inference(admissions, Resolver(media))
+    error_log = ErrorLog(SqlErrorCounts(platform.db), settings.error_log_flush_s)
+    metrics.error_sink = error_log.record
     services = Services(
         settings=settings,
         platform=platform,
         registry=registry,
-        pipeline=pipeline,
+        admissions=admissions,
         metrics=metrics,
         default_principal=Principal(account_id=account.id, key_id="open-mode"),
         fetcher=fetcher,
@@ -303,16 +271,14 @@ async def build_services(settings: Settings) -> Services:
         webhooks=webhooks,
         inference=inference,
         delivery=TaskDelivery(inference, platform.tasks, webhooks),
+        ownership=ownership,
+        error_log=error_log,
+        shared_redis=shared,
+        key_changes=key_changes,
     )
     webhooks.start()
     ownership.start()
-    services.ownership = ownership
-    error_log = ErrorLog(SqlErrorCounts(platform.db), settings.error_log_flush_s)
-    metrics.error_sink = error_log.record
     error_log.start()
-    services.error_log = error_log
-    services.shared_redis = shared
-    services.key_changes = key_changes
     return services
 
 

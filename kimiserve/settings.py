@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     price_cached_per_million: float = Field(0.08, description="USD per 1M cached input tokens.")
     get_response_wait_s: float = Field(25.0, description="How long getResponse holds its reply open.")
     keepalive_s: float = Field(10.0, description="Seconds between SSE keep-alive comments.")
+    stream_write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A stream (SSE) or WebSocket whose client reads nothing for this long, once the "
+        "socket's buffers are full, is cut: a stream as if its client had left (its generations "
+        "charged for what they produced, their permits freed); a WebSocket is closed (its "
+        "replies kept for a resume and getResponse).",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted request body.")
     rate_limit_window_s: int = Field(
         60, description="Window of the per-minute rate limits (rpm, tpm), in seconds; 60 = per minute."

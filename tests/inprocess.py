@@ -5,6 +5,7 @@ speed or output is not the point. `services` is the live container, for injectin
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -57,20 +58,36 @@ class InProcess:
     key: str = ""  # a key the test made for it
 
 
+def _listener(port: int, send_buffer: int) -> socket.socket:
+    """A listening socket whose connections' kernel send buffers are `send_buffer` bytes (Linux
+    doubles it; accepted sockets inherit it, and a set size is not grown by autotuning)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    return sock
+
+
 @contextmanager
-def serve_in_process(data_dir: Path, **settings: object) -> Iterator[InProcess]:
-    """A server on a free port with a ProbeEngine serving every model name."""
+def serve_in_process(
+    data_dir: Path, engine: ProbeEngine | None = None, send_buffer: int | None = None, **settings: object
+) -> Iterator[InProcess]:
+    """A server on a free port with a ProbeEngine (`engine`, or a new one) serving every model
+    name. `send_buffer`: each connection's kernel send buffer, in bytes (small ones make a client
+    that does not read fill it within a few KiB instead of MiB)."""
     config = Settings(data_dir=data_dir, engine="fake", port=free_port(), **settings)  # type: ignore[arg-type]
-    engine = ProbeEngine()
+    engine = engine if engine is not None else ProbeEngine()
     built: list[Services] = []
 
     def swap(services: Services) -> None:
-        services.registry = services.pipeline.registry = build_registry(config, engine, "probe")
+        services.registry = services.admissions.registry = build_registry(config, engine, "probe")
         built.append(services)
 
     app = create_app(config, on_ready=swap)
     server = uvicorn.Server(uvicorn.Config(app, port=config.port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets = [_listener(config.port, send_buffer)] if send_buffer is not None else None
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

@@ -59,7 +59,7 @@ def banner(settings: Settings, services: Services) -> None:
     ]
     lines.append("models:")
     for model in services.registry.models():
-        note = f"  [local stand-in: served by {model.stand_in_for}]" if model.stand_in_for else ""
+        note = f"  [local stand-in: served by {model.served_by}]" if model.served_by else ""
         lines.append(f"  {model.id}: {', '.join(model.names)}{note}")
     if settings.open_mode:
         lines.append("WARNING: open mode: requests are served WITHOUT authentication.")

@@ -110,8 +110,11 @@ def overview(
         name = key_names.get(row.key_id)
         return f"{name} ({row.key_id})" if name else row.key_id
 
-    def plot(title: str, unit: str, names: list[str], columns: list[Any]) -> dict[str, Any]:
-        return {"title": title, "unit": unit, "labels": names, "data": [xs, *columns]}
+    def plot(
+        title: str, unit: str, names: list[str], columns: list[Any], *, gaps: bool = False
+    ) -> dict[str, Any]:
+        """`gaps`: the series has no value (null) in buckets where nothing was measured."""
+        return {"title": title, "unit": unit, "labels": names, "data": [xs, *columns], "gaps": gaps}
 
     def cost(row: UsageBucket) -> float:
         return row.cost_micros / 1_000_000
@@ -133,12 +136,14 @@ def overview(
             "ms",
             ["all models"],
             [_ratio_column(window, rows, lambda r: (r.ttft_ms_sum, r.timed), 1.0)],
+            gaps=True,
         ),
         plot(
             "Output tokens per second (after the first token)",
             "tokens/s",
             ["all models"],
             [_ratio_column(window, rows, lambda r: (r.decode_tokens, r.decode_ms), 1000.0)],
+            gaps=True,
         ),
     ]
     if errors is not None:

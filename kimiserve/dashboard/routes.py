@@ -41,11 +41,20 @@ from kimiserve.dashboard.sessions import (
     same_token,
 )
 from kimiserve.domain.ports import KeyRow, Limits
-from kimiserve.errors import InvalidRequest, KimiserveError, as_kimiserve_error
+from kimiserve.errors import (
+    AuthenticationFailed,
+    Forbidden,
+    InvalidRequest,
+    KimiserveError,
+    as_kimiserve_error,
+)
 from kimiserve.http.auth import PRINCIPAL_SCOPE_KEY
+from kimiserve.http.request_id import request_id_of
 from kimiserve.platform.admin import parse_usd
 from kimiserve.platform.api_keys import SCOPES, principal_of
+from kimiserve.protocols.openai.errors import error_response as openai_error_response
 from kimiserve.protocols.openai.routes import chat_completions
+from kimiserve.protocols.runware.errors import error_item
 from kimiserve.protocols.runware.routes import post_tasks
 from kimiserve.services import Services
 from kimiserve.storage.sql.error_counts import SqlErrorCounts
@@ -262,7 +271,7 @@ class Dashboard:
             data=data,
             ranges=list(charts.RANGES),
             errors=errors,
-            stand_ins=[m for m in services.registry.models() if m.stand_in_for],
+            stand_ins=[m for m in services.registry.models() if m.served_by],
         )
 
     async def accounts(self, request: Request, viewer: Viewer, **context: Any) -> Response:
@@ -358,7 +367,7 @@ class Dashboard:
                 "name": m.id,
                 "aliases": [a for a in m.names if a != m.id],
                 "thinking": m.engine.capabilities.thinking,
-                "stand_in_for": m.stand_in_for,
+                "served_by": m.served_by,
                 "price": {
                     "input": m.price.input_micros_per_million,
                     "output": m.price.output_micros_per_million,
@@ -389,18 +398,18 @@ class Dashboard:
     async def _as_viewer(
         self, request: Request, handler: Callable[[Request], Awaitable[Response]], *, openai: bool
     ) -> Response:
-        def refuse(status: int, code: str, message: str) -> JSONResponse:
+        def refuse(error: KimiserveError) -> Response:
+            """In the proxied protocol's own format, by its one error mapping."""
             if openai:
-                body: Any = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-            else:
-                body = {"errors": [{"code": code, "message": message}]}
-            return JSONResponse(body, status_code=status)
+                return openai_error_response(error, request_id_of(request))
+            item = error_item(error, task_type=None, task_uuid=None)
+            return JSONResponse({"errors": [item]}, status_code=error.status)
 
         viewer = await self.viewer(request)
         if viewer is None:
-            return refuse(401, "notSignedIn", "Sign in to the dashboard first.")
+            return refuse(AuthenticationFailed("Sign in to the dashboard first.", code="notSignedIn"))
         if not same_token(request.headers.get(CSRF_HEADER), viewer.session.csrf):
-            return refuse(403, "csrfFailed", "The X-CSRF-Token header is missing or wrong.")
+            return refuse(Forbidden("The X-CSRF-Token header is missing or wrong.", code="csrfFailed"))
         scope = dict(request.scope)
         scope[PRINCIPAL_SCOPE_KEY] = principal_of(viewer.key)
         return await handler(Request(scope, request.receive))
@@ -473,7 +482,7 @@ async def _engine_rows(services: Services) -> list[dict[str, Any]]:
             {
                 "id": model.id,
                 "aliases": [a for a in model.names if a != model.id],
-                "stand_in_for": model.stand_in_for,
+                "served_by": model.served_by,
                 "engine": engine.name,
                 "ok": ok,
                 "detail": detail,

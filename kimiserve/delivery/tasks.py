@@ -21,12 +21,13 @@ from typing import Any, Literal, Protocol
 
 from kimiserve.delivery.webhooks import delivery_id
 from kimiserve.domain.inference import Admitted, Call, Inference
+from kimiserve.domain.ports import TaskRow
 from kimiserve.domain.principal import Principal
 from kimiserve.domain.results import GenerationResult
 from kimiserve.domain.tasks import INTERRUPTED, Tasks
 from kimiserve.errors import KimiserveError
 
-Delivery = Literal["sync", "async", "webhook"]
+DeliveryMethod = Literal["sync", "async", "webhook"]
 
 
 class WebhookQueue(Protocol):
@@ -49,7 +50,7 @@ class TaskSpec:
 
     task_uuid: str
     task_type: str
-    delivery: Delivery
+    delivery: DeliveryMethod
     record: dict[str, Any]
     webhook_url: str | None = None
 
@@ -113,3 +114,22 @@ class TaskDelivery:
 
         tasks.spawn(tasks.track(task_uuid, webhook()))
         return None
+
+
+async def notify_interrupted_webhook(webhooks: WebhookQueue, row: TaskRow) -> None:
+    """A webhook task a stopped replica cut off gets an error delivery, so its receiver is not left
+    waiting. The body is a Runware error item (`{"errors": [{code, message, taskType,
+    taskUUID}]}`): webhook deliveries are Runware's (`webhookURL`), the only protocol with them."""
+    task_uuid, account_id, request = row.task_uuid, row.account_id, row.request
+    if row.delivery == "webhook":
+        url = request.get("webhookURL")
+        if isinstance(url, str):
+            error = {
+                "code": INTERRUPTED.code,
+                "message": INTERRUPTED.message,
+                "taskType": request.get("taskType"),
+                "taskUUID": task_uuid,
+            }
+            await webhooks.enqueue(
+                delivery_id(task_uuid, "error"), account_id, task_uuid, url, {"errors": [error]}
+            )

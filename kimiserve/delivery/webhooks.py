@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kimiserve.domain.ports import AccountStore, OutboxStore
+from kimiserve.domain.ports import OutboxRow as Delivery
 from kimiserve.media.fetch import FetchError, SafeFetcher
-from kimiserve.storage.sql.accounts import SqlAccountStore
-from kimiserve.storage.sql.outbox import Delivery, SqlOutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def backoff_s(config: WebhookConfig, attempts: int) -> float:
 
 class WebhookOutbox:
     def __init__(
-        self, store: SqlOutboxStore, accounts: SqlAccountStore, fetcher: SafeFetcher, config: WebhookConfig
+        self, store: OutboxStore, accounts: AccountStore, fetcher: SafeFetcher, config: WebhookConfig
     ) -> None:
         self.store = store
         self._accounts = accounts

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import GenerationRequest, MediaKind, Message
 from kimiserve.engines.base import Capabilities
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
 
 MediaParameter = Callable[[int, MediaKind, int], str]
@@ -43,8 +43,8 @@ class Parameters:
 
 def served_name(model: ServedModel) -> str:
     """The model as a refusal names it: a local stand-in says so."""
-    if model.stand_in_for:
-        return f"{model.id} (served here by the local stand-in {model.stand_in_for})"
+    if model.served_by:
+        return f"{model.id} (served here by the local stand-in {model.served_by})"
     return model.id
 
 

@@ -6,7 +6,7 @@
 
 A protocol translates its wire request into a `Call` (a `GenerationRequest` plus what the domain
 needs to know about it) and renders what comes back; it never sees an admission, a hold, a
-permit or a store. The money rules and the tools' loop are the admission's (`admission.py`).
+permit or a store. Admission is `admission.py`, money `metering.py`, the tools' loop `toolloop.py`.
 
 - `stream(principal, call)` is an async generator. Its first item is `(0, Admitted)`, yielded
   once the request is admitted, so every refusal (403, 402, 429, a bad grammar, a media URL that
@@ -33,12 +33,12 @@ from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.capabilities import check as check_capabilities
 from kimiserve.domain.principal import Principal, authorize
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import GenerationRequest, PipelineEvent
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import as_kimiserve_error
 
 if TYPE_CHECKING:
-    from kimiserve.domain.pipeline import Admission, Pipeline
+    from kimiserve.domain.admission import Admission, Admissions
     from kimiserve.domain.ports import MediaResolver, WindowState
 
 
@@ -88,18 +88,17 @@ class Completion:
 
 
 class Inference:
-    def __init__(self, pipeline: Pipeline, media: MediaResolver) -> None:
-        self.pipeline = pipeline
+    def __init__(self, admissions: Admissions, media: MediaResolver) -> None:
+        self.admissions = admissions
         self.media = media
 
     async def _admit(self, principal: Principal, call: Call) -> tuple[Admission, Admitted]:
         authorize(principal, "inference")
-        pipeline = self.pipeline
-        model = pipeline.model(principal, call.model)
+        model = self.admissions.model(principal, call.model)
         request = replace(call.request, model=model.id)
         check_capabilities(model, request, call.parameters, call.builtins)
         request = await self.media.resolve(principal.account_id, request, call.parameters.media)
-        admission = await pipeline.admit(
+        admission = await self.admissions.admit(
             principal,
             model,
             request,

@@ -6,7 +6,7 @@ protocols only, never on a concrete store. Money is integer micro-USD everywhere
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +82,31 @@ class UsageRow:
     outcome: str = "completed"  # completed | disconnected | interrupted
     ttft_ms: int | None = None  # engine start to first token; None when not measured
     decode_ms: int | None = None  # first token to the end (tokens/s = completion_tokens / this)
+
+
+@dataclass(frozen=True)
+class MediaRow:
+    id: str
+    account_id: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One webhook delivery in the durable outbox."""
+
+    id: str
+    account_id: str
+    task_uuid: str
+    url: str
+    body: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -256,4 +281,34 @@ class MediaResolver(Protocol):
     ) -> GenerationRequest:
         """The request with every message's image and video references replaced by data URIs;
         a reference that cannot be had raises, named by `parameter_of(message, kind, index)`."""
+        ...
+
+
+# ---- webhook outbox, media rows, error counts (storage/sql implements these) ---------------
+
+
+class OutboxStore(Protocol):
+    async def enqueue(self, delivery_id: str, account_id: str, task_uuid: str, url: str, body: str) -> bool:
+        """Record a delivery due now; False when that id was enqueued before."""
+        ...
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[OutboxRow]:
+        """Pending deliveries that are due, each leased to the caller for `lease_s`."""
+        ...
+
+    async def next_due_at(self) -> float | None: ...
+    async def mark_delivered(self, delivery_id: str) -> None: ...
+    async def mark_failed(self, delivery_id: str, error: str) -> None: ...
+    async def retry_later(self, delivery_id: str, error: str, next_attempt_at: float) -> None: ...
+    async def release(self, delivery_id: str) -> None: ...
+
+
+class MediaRows(Protocol):
+    async def add(self, row: MediaRow) -> None: ...
+    async def get(self, media_id: str) -> MediaRow | None: ...
+
+
+class ErrorCounts(Protocol):
+    async def add(self, counts: Mapping[tuple[int, str, str], int]) -> None:
+        """Add refused/failed request counts per (minute, protocol, code)."""
         ...

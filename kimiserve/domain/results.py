@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import (
     BuiltinToolResult,
     Charged,
@@ -22,7 +23,6 @@ from kimiserve.domain.types import (
     ToolCitation,
     Usage,
 )
-from kimiserve.engines.registry import ServedModel
 
 UINT32 = 2**32
 

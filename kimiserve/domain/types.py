@@ -158,7 +158,7 @@ class Finished:
 Event = TextDelta | ReasoningDelta | ToolCallEvent | Usage | Finished
 
 
-# ---- the built-in tools' loop (the pipeline runs them; see domain/pipeline.py) -------------
+# ---- the built-in tools' loop (domain/toolloop.py runs them) -------------------------------
 
 
 @dataclass(frozen=True)

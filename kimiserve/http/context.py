@@ -2,7 +2,7 @@
 
 A structural type: the protocols depend on this, never on the composition root
 (`kimiserve/services.py`), which builds the one object that satisfies it (`Services`). Every
-request goes through `pipeline`; the rest is what rendering and the non-inference tasks need.
+inference request goes through `inference`; the rest is what rendering and the non-inference tasks need.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from typing import Any, Protocol
 
 from kimiserve.delivery.tasks import TaskDelivery
 from kimiserve.domain.inference import Inference
-from kimiserve.domain.pipeline import Pipeline
 from kimiserve.domain.principal import Principal
+from kimiserve.domain.served import ServedModels
 from kimiserve.domain.tasks import Tasks
-from kimiserve.engines.registry import ModelRegistry
 from kimiserve.media.uploads import MediaStore
 from kimiserve.platform.admin import Admin
 from kimiserve.settings import Settings
@@ -50,11 +49,9 @@ class Context(Protocol):
         """Sync / async / webhook deliveries of a task (and its record)."""
 
     @property
-    def pipeline(self) -> Pipeline: ...
-    @property
     def tasks(self) -> Tasks: ...
     @property
-    def registry(self) -> ModelRegistry: ...
+    def registry(self) -> ServedModels: ...
     @property
     def metrics(self) -> RequestCounter: ...
     @property

@@ -5,34 +5,43 @@
 - `kimiserve_time_to_first_token_seconds{model}` and `kimiserve_output_tokens_per_second{model}`;
 - `kimiserve_engine_sequences_in_flight{engine}` / `kimiserve_engine_queue_depth{engine}`, read
   from each engine at scrape time;
+- `kimiserve_repairs_total{kind, engine}`: upstream answers an engine repaired, by kind
+  (engines/openai_compat/repairs.py), read from each engine's `repairs` counts at scrape time;
 - `kimiserve_reserved_credit_micros`: credit held for requests running in this process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kimiserve.engines.registry import ModelRegistry
+from kimiserve.domain.served import ServedModels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _EngineCollector(Collector):
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ServedModels) -> None:
         self._models = models
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
             "kimiserve_engine_sequences_in_flight", "Sequences an engine is decoding.", labels=["engine"]
         )
         waiting = GaugeMetricFamily(
             "kimiserve_engine_queue_depth", "Requests queued for an engine's batch.", labels=["engine"]
         )
+        repaired = CounterMetricFamily(
+            "kimiserve_repairs", "Upstream answers repaired, by kind.", labels=["kind", "engine"]
+        )
         for engine in self._models.engines():
+            counts = getattr(engine, "repairs", None)
+            if isinstance(counts, Mapping):
+                for kind, count in sorted(counts.items()):
+                    repaired.add_metric([kind, engine.name], count)
             active = getattr(engine, "active_sequences", None)
             queued = getattr(engine, "waiting", None)
             if isinstance(active, int):
@@ -41,12 +50,13 @@ class _EngineCollector(Collector):
                 waiting.add_metric([engine.name], queued)
         yield in_flight
         yield waiting
+        yield repaired
 
 
 class Metrics:
     """Implements the pipeline's Observer, and counts requests for the protocols."""
 
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ServedModels) -> None:
         self.registry = CollectorRegistry()
         # Told of every refused or failed request (protocol, code): the dashboard's error counts.
         self.error_sink: Callable[[str, str], None] | None = None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Generic, TypeVar
 
 from kimiserve.http.encoding import dumps
 from kimiserve.http.shutdown import ServerShuttingDown, current_drain
+from kimiserve.http.stall import close_on_cut
 
 T = TypeVar("T")
 
@@ -105,12 +106,19 @@ class _Pump(Generic[T]):
         await self._source.aclose()  # type: ignore[attr-defined]
 
 
-async def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
+def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
     """Yield the source's frames, and a comment line whenever it is silent for `interval_s`.
 
     One reader task and one timer per stream (re-armed when it fires, not per frame).
-    Closing this generator closes the source (so a client disconnect cancels generation).
+    Closing this generator closes the source (so a client disconnect cancels generation); so
+    does a client that stops reading, once its response is cut (`http.stall`).
     """
+    stream = _with_keepalive(source, interval_s)
+    close_on_cut(stream)
+    return stream
+
+
+async def _with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
     pump = _Pump(source)
     last = loop.time()  # when the client was last sent something

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kimiserve.domain.ports import MediaRow, MediaRows
 from kimiserve.domain.types import MediaKind
 from kimiserve.errors import InvalidRequest
 from kimiserve.media.fetch import FetchError, SafeFetcher
-from kimiserve.storage.sql.media import MediaRow, SqlMediaStore
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)", re.S)
@@ -85,7 +85,7 @@ def is_uuid(value: str) -> bool:
 
 
 class MediaStore:
-    def __init__(self, root: Path, rows: SqlMediaStore, fetcher: SafeFetcher, max_bytes: int) -> None:
+    def __init__(self, root: Path, rows: MediaRows, fetcher: SafeFetcher, max_bytes: int) -> None:
         self._root = root
         self._rows = rows
         self._fetcher = fetcher

@@ -11,13 +11,13 @@ import logging
 import time
 from collections import Counter
 
-from kimiserve.storage.sql.error_counts import SqlErrorCounts
+from kimiserve.domain.ports import ErrorCounts
 
 log = logging.getLogger(__name__)
 
 
 class ErrorLog:
-    def __init__(self, store: SqlErrorCounts, flush_s: float = 5.0) -> None:
+    def __init__(self, store: ErrorCounts, flush_s: float = 5.0) -> None:
         self._store = store
         self._flush_s = flush_s
         self._pending: Counter[tuple[int, str, str]] = Counter()

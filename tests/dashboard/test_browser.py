@@ -141,6 +141,17 @@ def test_the_playground_streams_tokens_before_the_end_and_the_usage_plot_moves(
     assert after_plot == before_plot + 1
     ttft = page.evaluate("window.kimiCharts[5].data[1].filter(v => v !== null)")
     assert ttft and all(v > 0 for v in ttft)  # time to first token was recorded and plotted
+    # The mean plots draw their points (a bucket between empty ones has no line to draw).
+    for index in (5, 6):
+        shown = page.evaluate(f"window.kimiCharts[{index}].series[1].points.show")
+        points = page.evaluate(f"window.kimiCharts[{index}].data[1].filter(v => v !== null).length")
+        assert shown is True and points >= 1, (index, shown, points)
+    # Sub-cent costs: the cost axes' tick labels are distinct and not all zero.
+    for index in (2, 4):
+        # uPlot draws the axes on its canvas; the labels it drew are kept on the axis.
+        ticks = page.evaluate(f"window.kimiCharts[{index}].axes[1]._values.filter(t => t)")
+        assert len(ticks) >= 2 and len(set(ticks)) == len(ticks), ticks
+        assert any(float(t.lstrip("$").replace(",", "")) > 0 for t in ticks), ticks
     assert page.js_errors == []
 
 
@@ -217,7 +228,7 @@ def test_a_post_without_the_csrf_token_is_refused(
     assert response.status == 403
     chat_body = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     response = api.post(f"{dashboard}/api/chat", data=chat_body)
-    assert response.status == 403 and response.json()["error"]["code"] == "csrfFailed"
+    assert response.status == 403 and response.json()["error"]["code"] == "csrf_failed"
     response = api.post(f"{dashboard}/api/tasks", data=[{"taskType": "textInference"}])
     assert response.status == 403 and response.json()["errors"][0]["code"] == "csrfFailed"
     # Signing in is protected too (no session yet: a double-submit token).

@@ -114,7 +114,7 @@ async def test_failure_between_engine_and_settlement_charges_nothing(
     server: InProcess, admin: AdminClient
 ) -> None:
     key = await admin.account_with_key("settle-fails", micros=5_000_000)
-    pipeline = server.services.pipeline
+    pipeline = server.services.admissions
     real = pipeline.settle_hook
 
     async def broken(hold: Any, usage: Any) -> None:
@@ -163,15 +163,17 @@ async def test_unmetered_account_records_usage_and_cost(server: InProcess, admin
 async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admin: AdminClient) -> None:
     """An engine that reports more than the worst case held (an upstream that re-asked a tool call,
     or counts the prompt larger than the pipeline's bound) is charged its hold, never more: the
-    balance cannot go below zero."""
+    balance cannot go below zero, and the cost the reply reports is that amount."""
     hold = await _hold_of_one_generation(server, admin, "beyond-hold-probe")
     key = await admin.account_with_key("beyond-hold", micros=hold)
     server.engine.script = [
         [TextDelta("hi"), Usage(prompt_tokens=1_000_000, completion_tokens=1), Finished("stop")]
     ]
-    task = text_task(8)
-    assert (await _post(server, key, task)).status_code == 200
+    task = text_task(8, includeCost=True)
+    reply = await _post(server, key, task)
+    assert reply.status_code == 200
     account = await admin.show("beyond-hold")
+    assert reply.json()["data"][0]["cost"] == hold / 1_000_000  # the client is told what it paid
     assert account["balance_micros"] == 0 and account["reserved_micros"] == 0
     [settled] = [e for e in account["ledger"] if e["kind"] == "settlement"]
     assert settled["amount_micros"] == -hold

@@ -177,4 +177,4 @@ async def test_admission_refuses_what_the_engine_cannot_queue(tmp_path: Path) ->
                 poll = [{"taskType": "getResponse", "taskUUID": task_uuid}]
                 [item] = (await http.post(f"{server.base_url}/v1", json=poll)).json()["data"]
                 assert item["status"] == "success", item
-        assert server.services.pipeline.outstanding == {}
+        assert server.services.admissions.outstanding == {}

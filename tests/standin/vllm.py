@@ -17,6 +17,16 @@ What it answers depends on the request, so tests can steer it:
   thinking is off; SGLang appends the content after the generation prompt and parses the output
   as content when that content holds `</think>`); the answer echoes the last *user* message;
 - `stream_options.continuous_usage_stats` → a running `usage` in every chunk, as vLLM sends it;
+- K2.6's own mistakes (README: the issue each replays), marker anywhere in the conversation:
+  `#empty-answer` / `#reasoning-only` → reasoning, then no content and no call, `stop` (the first
+  time this exact conversation is asked and not as a continuation; always with `-always`);
+  `#leak-content` / `#leak-reasoning` → the tool call as raw `<|tool_calls_section_begin|>…`
+  markers in `content` / the reasoning, in small pieces; `#leak-call-id` / `#leak-glued-id` →
+  those markers with the id `call_2` / `functions{name}5`; `#call-id` → a parsed call whose id
+  is `call_2`; `#split-calls` → two calls streamed under one `index`, the second with its own id;
+  `#merged-calls` → two calls' arguments in one call;
+- `--engine moonshot`: thinking is `thinking.type` and an assistant tool-call message without
+  `reasoning_content` while it is enabled is Moonshot's 400;
 - otherwise the answer echoes the last message's words (one chunk per word).
 Usage comes in a last chunk with `prompt_tokens_details.cached_tokens`: a prompt whose first
 message was seen before under the same `cache_salt` counts that message as cached.
@@ -115,6 +125,16 @@ class Standin:
             return error(400, "temperature must be in [0, 2], got 7.0.", "BadRequestError", "temperature")
         if "#error500" in text:
             return error(500, "EngineCore encountered an issue.", "InternalServerError")
+        if self.engine == "moonshot" and (body.get("thinking") or {}).get("type") == "enabled":
+            for i, m in enumerate(messages):
+                if m.get("role") == "assistant" and m.get("tool_calls") and "reasoning_content" not in m:
+                    message = (
+                        "thinking is enabled but reasoning_content is missing in assistant tool call "
+                        f"message at index {i}"
+                    )
+                    return JSONResponse(
+                        {"error": {"message": message, "type": "invalid_request_error"}}, status_code=400
+                    )
         if (
             self.engine == "vllm"
             and body.get("continue_final_message")
@@ -148,6 +168,10 @@ class Standin:
         delay = 0.05 if "#slow" in text else 0.0
         kwargs = body.get("chat_template_kwargs") or {}
         thinking = kwargs.get("thinking", True)
+        if self.engine == "moonshot":
+            thinking = (body.get("thinking") or {}).get("type") != "disabled"
+        history = json.dumps(messages)
+        asked_before = any(r.get("messages") == messages for r in self.requests[:-1])
         continuing = bool(body.get("continue_final_message")) and last.get("role") == "assistant"
         if continuing:
             # The answer continues the final assistant message: the words it echoes are the
@@ -202,6 +226,51 @@ class Standin:
                 reasoning_tokens += 1
         tools = body.get("tools") or []
         finish = "stop"
+        fault = next((f for f in FAULTS if f in history), None)
+        if fault in ("#empty-answer", "#reasoning-only") and (
+            f"{fault}-always" in history or not (continuing or asked_before)
+        ):
+            tools = []  # K2.6 ends the turn right after `</think>`: no content, no call
+            text = ""
+        name = tools[0]["function"]["name"] if tools else ""
+        index = sum(len(m.get("tool_calls") or []) for m in messages)
+        if tools and last.get("role") == "user" and fault in RAW:
+            call_id = {"#leak-call-id": "call_2", "#leak-glued-id": f"functions{name}5"}.get(
+                fault, f"functions.{name}:{index}"
+            )
+            raw = raw_section(call_id, '{"city": "Beijing"}')
+            field = self.reasoning_field if fault == "#leak-reasoning" else "content"
+            if field == "content":
+                yield chunk({"content": "Checking. "}, tokens=2)
+                produced += 2
+            for at in range(0, len(raw), 7):  # split across chunks, markers too
+                yield chunk({field: raw[at : at + 7]}, tokens=1)
+                produced += field == "content"
+                reasoning_tokens += field != "content"
+            text = ""
+            tools = []
+        elif tools and last.get("role") == "user" and fault in ("#call-id", "#split-calls", "#merged-calls"):
+            first = "call_2" if fault == "#call-id" else f"functions.{name}:{index}"
+            args = '{"city": "Paris"}{"city": "Beijing"}' if fault == "#merged-calls" else '{"city": "Paris"}'
+            head = {
+                "id": first,
+                "type": "function",
+                "index": 0,
+                "function": {"name": name, "arguments": args},
+            }
+            yield chunk({"tool_calls": [head]}, tokens=6)
+            if fault == "#split-calls":  # the second call's deltas under the first one's index
+                second = {
+                    "id": f"functions.{name}:{index + 1}",
+                    "type": "function",
+                    "index": 0,
+                    "function": {"name": name, "arguments": '{"city": "Beijing"}'},
+                }
+                yield chunk({"tool_calls": [second]}, tokens=6)
+            produced += 12
+            finish = "tool_calls"
+            text = ""
+            tools = []
         if tools and last.get("role") == "user":
             name = tools[0]["function"]["name"]
             index = sum(len(m.get("tool_calls") or []) for m in messages)
@@ -283,6 +352,28 @@ class Standin:
         yield "data: [DONE]\n\n"
 
 
+FAULTS = (
+    "#empty-answer",
+    "#reasoning-only",
+    "#leak-content",
+    "#leak-reasoning",
+    "#leak-call-id",
+    "#leak-glued-id",
+    "#call-id",
+    "#split-calls",
+    "#merged-calls",
+)
+RAW = ("#leak-content", "#leak-reasoning", "#leak-call-id", "#leak-glued-id")
+
+
+def raw_section(call_id: str, arguments: str) -> str:
+    """One call as K2.6 writes it (MoonshotAI/Kimi-K2 `docs/tool_call_guidance.md`)."""
+    return (
+        f"<|tool_calls_section_begin|><|tool_call_begin|>{call_id}<|tool_call_argument_begin|>"
+        f"{arguments}<|tool_call_end|><|tool_calls_section_end|>"
+    )
+
+
 def last_reasoning(messages: list[dict[str, Any]]) -> str:
     """The final message's reasoning, under vLLM's name or the older one."""
     final = messages[-1] if messages else {}
@@ -294,7 +385,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="standin")
     parser.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "sglang"])
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "sglang", "moonshot"])
     args = parser.parse_args()
     app = Standin(args.name, args.reasoning_field, args.engine).app()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kimiserve.domain.ports import Hold, Limits, TaskExists, UsageRow
+from kimiserve.domain.ports import Hold, Limits, MediaRow, TaskExists, UsageRow
 from kimiserve.storage.sql.accounts import SqlAccountStore
 from kimiserve.storage.sql.database import open_database
 from kimiserve.storage.sql.ledger import SqlLedgerStore
-from kimiserve.storage.sql.media import MediaRow, SqlMediaStore
+from kimiserve.storage.sql.media import SqlMediaStore
 from kimiserve.storage.sql.tasks import SqlTaskStore
 from kimiserve.storage.sql.usage import SqlUsageStore
 

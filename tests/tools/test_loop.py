@@ -69,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
 
 @pytest.fixture
 async def admin(server: InProcess) -> AsyncIterator[AdminClient]:
-    pipeline = server.services.pipeline
+    pipeline = server.services.admissions
     tools, rounds = pipeline.tools, pipeline.max_tool_rounds
     client = AdminClient(server, server.key)
     yield client
@@ -177,7 +177,7 @@ async def test_round_limit_withholds_the_tools_and_ends_with_length(
     server: InProcess, admin: AdminClient
 ) -> None:
     key = await admin.account_with_key("limit", micros=10_000_000)
-    server.services.pipeline.max_tool_rounds = 3
+    server.services.admissions.max_tool_rounds = 3
     server.engine.script = [[search()]]  # a model that never stops calling
     item = await run(server, key, task([{"type": "search"}], toolChoice={"type": "any"}))
     assert len(server.engine.requests) == 3
@@ -200,7 +200,7 @@ async def test_failing_tool_is_a_result_for_the_model_not_an_error(
             raise ToolFailed("The search backend answered 502.")
 
     key = await admin.account_with_key("failing", micros=10_000_000)
-    server.services.pipeline.tools = ToolRegistry({"search": SearchTool(DownBackend())})
+    server.services.admissions.tools = ToolRegistry({"search": SearchTool(DownBackend())})
     server.engine.script = [[search("a", "c1"), call("search", "{not json", "c2")], [TextDelta("Sorry.")]]
     item = await run(server, key, task([{"type": "search"}]))
     assert item["text"] == "Sorry." and item["status"] == "success"
@@ -227,7 +227,7 @@ async def test_tool_that_raises_is_reported_to_the_model(server: InProcess, admi
             raise RuntimeError("a bug")
 
     key = await admin.account_with_key("raises", micros=10_000_000)
-    server.services.pipeline.tools = ToolRegistry({"search": Broken()})
+    server.services.admissions.tools = ToolRegistry({"search": Broken()})
     server.engine.script = [[search()], [TextDelta("ok")]]
     item = await run(server, key, task([{"type": "search"}]))
     assert item["builtinTools"][0]["result"] == {"error": "The search tool failed on the server."}
@@ -357,7 +357,7 @@ async def test_client_leaving_during_a_tool_run_stops_it_and_pays_the_rounds_bef
             return ToolOutput("done", {})
 
     key = await admin.account_with_key("leaves-tool", micros=10_000_000)
-    server.services.pipeline.tools = ToolRegistry({"codeInterpreter": Slow()})
+    server.services.admissions.tools = ToolRegistry({"codeInterpreter": Slow()})
     server.engine.script = [[call("codeInterpreter", {"code": "x"})], [TextDelta("never")]]
     body = task([{"type": "codeInterpreter"}], deliveryMethod="stream")
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
@@ -406,7 +406,7 @@ async def test_bad_builtin_declarations_are_refused_by_name(
 async def test_search_without_a_backend_is_refused_naming_tools(
     server: InProcess, admin: AdminClient, tmp_path: Path
 ) -> None:
-    server.services.pipeline.tools = ToolRegistry({"search": SearchTool(LocalIndex(tmp_path / "empty.db"))})
+    server.services.admissions.tools = ToolRegistry({"search": SearchTool(LocalIndex(tmp_path / "empty.db"))})
     server.engine.script = [[search()], [TextDelta("x")]]
     reply = await post(server, server.key, task([{"type": "search"}]))
     assert reply.status_code == 400, reply.text

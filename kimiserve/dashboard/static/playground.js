@@ -25,7 +25,7 @@
     if (!m) return;
     const per = (micros) => "$" + (micros / 1e6).toFixed(2);
     let note = "Price per million tokens: " + per(m.price.input) + " in, " + per(m.price.output) + " out. Thinking: " + m.thinking + ".";
-    if (m.stand_in_for) note += " Answered by the local stand-in model " + m.stand_in_for + ".";
+    if (m.served_by) note += " Answered by the local stand-in model " + m.served_by + ".";
     $("pg-model-note").textContent = note;
   }
   modelSelect.addEventListener("change", () => { describeModel(); renderCode(); });

@@ -91,6 +91,33 @@ def with_running_usage(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
 
 
+def continuation_body(
+    body: dict[str, Any], dialect: Dialect, reasoning: str, max_tokens: int | None
+) -> dict[str, Any]:
+    """`body` asking the upstream (vLLM or SGLang) to answer after `reasoning`, closed (module
+    docstring): the answer is `content`. Also the re-ask of an empty answer (repairs.py)."""
+    kwargs = dict(body.get("chat_template_kwargs") or {})
+    out = {**body, "stream_options": {"include_usage": True}}
+    if dialect == "vllm":
+        final: dict[str, Any] = {
+            "role": "assistant",
+            "content": ZERO_WIDTH_SPACE,
+            "reasoning": reasoning,
+            "reasoning_content": reasoning,
+        }
+        kwargs.update(thinking=False, preserve_thinking=True)
+        out["add_generation_prompt"] = False
+    else:  # sglang: the content is appended after the generation prompt's `<think>`
+        final = {"role": "assistant", "content": reasoning + "</think>"}
+        kwargs.update(thinking=True)
+    out["continue_final_message"] = True
+    out["chat_template_kwargs"] = kwargs
+    out["messages"] = [*body["messages"], final]
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
+    return out
+
+
 @dataclass
 class Forcing:
     """One generation's budget: fed the first stream's events, it says when to cut; then it
@@ -134,26 +161,7 @@ class Forcing:
         if left is not None and left <= 0:
             self.first.finish = "length"
             return None
-        reasoning = "".join(self._reasoning)
-        kwargs = dict(body.get("chat_template_kwargs") or {})
-        out = {**body, "stream_options": {"include_usage": True}}
-        if self.dialect == "vllm":
-            final: dict[str, Any] = {
-                "role": "assistant",
-                "content": ZERO_WIDTH_SPACE,
-                "reasoning": reasoning,
-                "reasoning_content": reasoning,
-            }
-            kwargs.update(thinking=False, preserve_thinking=True)
-            out["add_generation_prompt"] = False
-        else:  # sglang: the content is appended after the generation prompt's `<think>`
-            final = {"role": "assistant", "content": reasoning + "</think>"}
-            kwargs.update(thinking=True)
-        out["continue_final_message"] = True
-        out["chat_template_kwargs"] = kwargs
-        out["messages"] = [*body["messages"], final]
-        if left is not None:
-            out["max_tokens"] = left
+        out = continuation_body(body, self.dialect, "".join(self._reasoning), left)
         self.second = ChunkReader()
         return out
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any, Literal
@@ -29,12 +30,13 @@ from kimiserve.domain.types import (
     Event,
     Finished,
     GenerationRequest,
+    ReasoningDelta,
     ToolCall,
     ToolCallEvent,
     Usage,
 )
 from kimiserve.engines.base import Capabilities, Health
-from kimiserve.engines.openai_compat import budget, errors, tools
+from kimiserve.engines.openai_compat import budget, errors, repairs, tools
 from kimiserve.engines.openai_compat.config import UpstreamConfig
 from kimiserve.engines.openai_compat.stream import ChunkReader, SseData
 from kimiserve.engines.openai_compat.wire import IdMap, build_body, kimi_id
@@ -71,6 +73,8 @@ class UpstreamEngine:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._url = config.base_url + "/chat/completions"
         self._session: aiohttp.ClientSession | None = None
+        # Repairs made to this upstream's answers, by kind (repairs.py): `/metrics` reads them.
+        self.repairs: Counter[str] = Counter()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -111,15 +115,32 @@ class UpstreamEngine:
         body, ids = build_body(request, self.config)
         limit = budget.reasoning_budget(request, self.config.dialect)
         forcing = budget.Forcing(limit or 0, self.config.dialect, request.sampling.max_tokens)
+        reasoning: list[str] = []
         if limit is None:
-            async for event in self._stream(body, forcing.first):
-                yield event
+            events = self._stream(body, forcing.first)
         else:
-            async for event in self._within_budget(budget.with_running_usage(body), forcing):
-                yield event
-        first = forcing.answer
-        calls = self._client_ids(first.tool_calls(), ids)
+            events = self._within_budget(budget.with_running_usage(body), forcing)
+        async for event in events:
+            if isinstance(event, ReasoningDelta):
+                reasoning.append(event.text)
+            yield event
+        answer = forcing.answer
         usage = forcing.usage()
+        calls = self._answer_calls(answer, request, ids)
+        if not calls and not answer.answered and answer.finish_reason() == "stop":
+            answer = ChunkReader()
+            async for event in self._reask_empty(body, request, "".join(reasoning), usage, answer):
+                yield event
+            usage = repairs.combined(usage, answer.usage or Usage(0, answer.produced))
+            calls = self._answer_calls(answer, request, ids)
+            if not calls and not answer.answered and answer.finish_reason() == "stop":
+                error = EngineError(
+                    "The model ended its turn without an answer or a tool call twice "
+                    f"(upstream {self.config.label}).",
+                    code="emptyAnswer",
+                )
+                error.settles_delivered = True  # its reasoning may have reached the client
+                raise error
         bad = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
         if bad:
             log.warning(
@@ -128,7 +149,7 @@ class UpstreamEngine:
             second = ChunkReader()
             async for _ in self._stream(self._reask_body(body, bad, ids), second):
                 pass  # the text of a re-ask is not part of the answer: only its calls are taken
-            calls = self._client_ids(second.tool_calls(), ids)
+            calls = self._answer_calls(second, request, ids)
             retry = second.usage or Usage(0, second.produced)
             usage = Usage(
                 usage.prompt_tokens + retry.prompt_tokens,
@@ -145,7 +166,45 @@ class UpstreamEngine:
         for call in calls:
             yield ToolCallEvent(call)
         yield usage
-        yield Finished("tool_calls" if calls else first.finish_reason())
+        yield Finished("tool_calls" if calls else answer.finish_reason())
+
+    def _count(self, kind: str) -> None:
+        self.repairs[kind] += 1
+        log.info("upstream %s: repaired %s", self.config.label, kind)
+
+    async def _reask_empty(
+        self,
+        body: dict[str, Any],
+        request: GenerationRequest,
+        reasoning: str,
+        usage: Usage,
+        reader: ChunkReader,
+    ) -> AsyncGenerator[Event, None]:
+        """Ask once more for the answer the model left out (repairs.py): after its reasoning where
+        the upstream continues a message, else the same body, whose reasoning is not shown."""
+        follow_up = bool(request.messages) and request.messages[-1].role == "tool"
+        self._count("reasoning_only" if reasoning and not follow_up else "empty_answer")
+        dialect = self.config.dialect
+        max_tokens = request.sampling.max_tokens
+        left = None if max_tokens is None else max(max_tokens - usage.completion_tokens, 1)
+        if reasoning and dialect in budget.FORCED:
+            async for event in self._stream(budget.continuation_body(body, dialect, reasoning, left), reader):
+                yield event
+            return
+        async for event in self._stream(body, reader):
+            if not isinstance(event, ReasoningDelta):
+                yield event
+
+    def _answer_calls(self, reader: ChunkReader, request: GenerationRequest, ids: IdMap) -> list[ToolCall]:
+        """The answer's calls, repaired (repairs.py): merged ones split, raw markers parsed."""
+        calls = [part for call in reader.tool_calls() for part in repairs.split_merged(call)]
+        if reader.split or len(calls) > len(reader.calls):
+            self._count("split_tool_calls")
+        leaked = reader.leaked()
+        if leaked:
+            self._count("tool_markers")
+            calls += [ToolCall(r.id, repairs.name_of(r, request.tools), r.arguments or "{}") for r in leaked]
+        return self._client_ids(calls, ids)
 
     async def _within_budget(
         self, body: dict[str, Any], forcing: budget.Forcing
@@ -209,6 +268,8 @@ class UpstreamEngine:
                             yield event
                     if not piece:
                         break  # the body ended (without `[DONE]`: judged below by `finish`)
+                for event in reader.close():
+                    yield event
                 # After `[DONE]` only the end of the body is left (usually already received):
                 # read it, so the connection is reused rather than closed; a body that does not
                 # end soon is dropped with its connection.
@@ -223,11 +284,17 @@ class UpstreamEngine:
             raise errors.UpstreamBroken(f"The upstream {label} ended the stream without finishing it.")
 
     def _client_ids(self, calls: list[ToolCall], ids: IdMap) -> list[ToolCall]:
-        """Calls as the client sees them: an id the upstream left out becomes `functions.name:idx`;
-        an id from the (renamed) history maps back to the client's own."""
+        """Calls as the client sees them: an id the upstream left out, or (Kimi dialects) one not
+        of the form `functions.name:idx`, becomes `functions.name:idx` with the conversation's
+        next index; an id from the (renamed) history maps back to the client's own."""
         out = []
+        kimi = self.config.dialect != "openai"
         for i, call in enumerate(calls):
-            wire = call.id or kimi_id(call.name, ids.count + i)
+            wire = call.id
+            if not wire or (kimi and not repairs.is_kimi_id(wire, call.name)):
+                if wire:
+                    self._count("tool_call_id")
+                wire = kimi_id(call.name, ids.count + i)
             out.append(replace(call, id=ids.client.get(wire, wire)))
         return out
 

@@ -5,7 +5,7 @@
     UpstreamBroken      (EngineError, 502)         the stream died or broke the protocol mid-way
 
 `settles_delivered` (UpstreamBroken; UpstreamTimeout raised mid-stream): the pipeline charges a
-streamed generation for the tokens it delivered before the failure (domain/pipeline.py).
+streamed generation for the tokens it delivered before the failure (domain/metering.py).
 
 `replica_fault` marks the errors a pool ejects a replica for (and retries elsewhere when nothing
 was delivered yet). An upstream 4xx is the request's fault: an `InvalidRequest` naming the

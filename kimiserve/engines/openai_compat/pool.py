@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -94,6 +95,11 @@ class PoolEngine:
         self.probe_interval_s = probe_interval_s
         self.spill = spill
         self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def repairs(self) -> Counter[str]:
+        """The repairs made to every replica's answers, by kind (repairs.py)."""
+        return sum((r.engine.repairs for r in self.replicas), Counter())
 
     async def check(self, request: GenerationRequest) -> int | None:
         return await self.replicas[0].engine.check(request)

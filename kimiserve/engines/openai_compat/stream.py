@@ -5,7 +5,9 @@ Reads what vLLM, SGLang, llama-server and hosted APIs send: reasoning as `reason
 by `index` (the id and name in the first, the arguments split over the rest); usage in the last
 chunk (`stream_options.include_usage`) with `prompt_tokens_details.cached_tokens` and
 `completion_tokens_details.reasoning_tokens`. Tool calls are held until the stream ends, so they
-can be validated whole before anything of them reaches the client.
+can be validated whole before anything of them reaches the client. Kimi's raw tool-call markers
+in `content` or the reasoning are taken out of the text as it streams (repairs.MarkerFilter) and
+kept as calls; a call id that changes under one `index` starts another call (vllm issue 24478).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kimiserve.domain.types import (
     ToolCall,
     Usage,
 )
+from kimiserve.engines.openai_compat.repairs import MarkerFilter, RawCall
 
 FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -100,6 +103,11 @@ class ChunkReader:
     finish: str | None = None
     usage: Usage | None = None
     produced: int = 0  # text/reasoning deltas seen (a stand-in count when usage never comes)
+    answered: bool = False  # content other than whitespace was yielded
+    split: int = 0  # calls started by a new id under an index already in use
+    content: MarkerFilter = field(default_factory=MarkerFilter)
+    thinking: MarkerFilter = field(default_factory=MarkerFilter)
+    _index: dict[int, int] = field(default_factory=dict)  # upstream index → key in `calls`
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         if isinstance(chunk.get("usage"), dict):
@@ -108,11 +116,11 @@ class ChunkReader:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning:
-                events.append(ReasoningDelta(str(reasoning)))
+            if reasoning and (shown := self.thinking.feed(str(reasoning))):
+                events.append(ReasoningDelta(shown))
             content = delta.get("content")
-            if content:
-                events.append(TextDelta(str(content)))
+            if content and (shown := self.content.feed(str(content))):
+                events.append(self._text(shown))
             for part in delta.get("tool_calls") or ():
                 self._call_delta(part)
             if choice.get("finish_reason"):
@@ -120,11 +128,34 @@ class ChunkReader:
         self.produced += len(events)
         return events
 
+    def close(self) -> list[Event]:
+        """The end of the stream: text held back as a possible marker start, when it was not."""
+        events: list[Event] = []
+        if reasoning := self.thinking.close():
+            events.append(ReasoningDelta(reasoning))
+        if content := self.content.close():
+            events.append(self._text(content))
+        return events
+
+    def _text(self, text: str) -> TextDelta:
+        self.answered = self.answered or bool(text.strip())
+        return TextDelta(text)
+
+    def leaked(self) -> list[RawCall]:
+        """Calls found as raw markers in the content or the reasoning."""
+        return self.content.calls() + self.thinking.calls()
+
     def _call_delta(self, part: dict[str, Any]) -> None:
-        index = _int(part.get("index", len(self.calls)))
-        pending = self.calls.setdefault(index, _PendingCall())
-        if part.get("id"):
-            pending.id = str(part["id"])
+        index = _int(part.get("index", len(self._index)))
+        key = self._index.setdefault(index, len(self.calls))
+        pending = self.calls.setdefault(key, _PendingCall())
+        new_id = str(part.get("id") or "")
+        if new_id and pending.id and new_id != pending.id:
+            self.split += 1  # another call under the same index: its own call
+            key = self._index[index] = len(self.calls)
+            pending = self.calls[key] = _PendingCall()
+        if new_id:
+            pending.id = new_id
         function = part.get("function") or {}
         if function.get("name"):
             pending.name = str(function["name"])

@@ -7,6 +7,14 @@ The Kimi quirks live here, not in a protocol module:
   another shape break the chat template's parsing), tool results renamed with them;
 - `cache_salt` (vLLM) = the request's cache scope, so one account's prefix cache is never
   another's; `prompt_cache_key` forwarded;
+- an assistant turn's reasoning (`Message.reasoning`): with `keep_reasoning`, sent back as
+  `reasoning_content` (SGLang, Moonshot, llama-server) or as both `reasoning` and
+  `reasoning_content` (vLLM reads either: `_parse_chat_message_content`), and the chat template
+  told `preserve_thinking: true` (vLLM, SGLang; Kimi K2.6's template drops earlier turns'
+  reasoning otherwise) or Moonshot `thinking.keep: "all"`; without it, dropped. Moonshot with
+  thinking on answers 400 "thinking is enabled but reasoning_content is missing in assistant tool
+  call message" (opencode issue 29690): there every assistant tool-call turn carries its
+  `reasoning_content`, kept or not, `""` when the client sent none (as openclaw PR 74846 does);
 - a user message's images and videos (data URIs, resolved by kimiserve through the SSRF-safe
   fetcher) as `image_url` / `video_url` content parts after its text, the parts vLLM and SGLang
   take for Kimi K2.6 and Moonshot's API documents.
@@ -19,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimiserve.domain.types import GenerationRequest, Message
-from kimiserve.engines.openai_compat.config import UpstreamConfig
+from kimiserve.engines.openai_compat.config import Dialect, UpstreamConfig
 
 
 def kimi_id(name: str, index: int) -> str:
@@ -51,8 +59,31 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _message(message: Message, ids: IdMap, normalise: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Reasoning:
+    """Which reasoning fields an assistant turn carries upstream."""
+
+    names: tuple[str, ...]  # the fields, in the upstream's dialect
+    keep: bool  # every turn's reasoning, when there is one
+    tool_turns: bool  # every tool-call turn, "" when there is none (Moonshot, thinking on)
+
+    @classmethod
+    def of(cls, request: GenerationRequest, dialect: Dialect) -> _Reasoning:
+        names = ("reasoning", "reasoning_content") if dialect == "vllm" else ("reasoning_content",)
+        moonshot_thinking = dialect == "moonshot" and request.thinking != "none"
+        return cls(names, request.keep_reasoning, moonshot_thinking)
+
+    def fields(self, message: Message) -> dict[str, str]:
+        if message.role != "assistant":
+            return {}
+        if (self.keep and message.reasoning) or (self.tool_turns and message.tool_calls):
+            return dict.fromkeys(self.names, message.reasoning)
+        return {}
+
+
+def _message(message: Message, ids: IdMap, normalise: bool, reasoning: _Reasoning) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": _content(message)}
+    out.update(reasoning.fields(message))
     if message.tool_calls:
         out["tool_calls"] = [
             {
@@ -69,9 +100,12 @@ def _message(message: Message, ids: IdMap, normalise: bool) -> dict[str, Any]:
     return out
 
 
-def messages(request: GenerationRequest, normalise: bool) -> tuple[list[dict[str, Any]], IdMap]:
+def messages(
+    request: GenerationRequest, normalise: bool, dialect: Dialect = "openai"
+) -> tuple[list[dict[str, Any]], IdMap]:
     ids = IdMap()
-    return [_message(m, ids, normalise) for m in request.messages], ids
+    reasoning = _Reasoning.of(request, dialect)
+    return [_message(m, ids, normalise, reasoning) for m in request.messages], ids
 
 
 def _tools(request: GenerationRequest) -> list[dict[str, Any]]:
@@ -98,7 +132,7 @@ def _tool_choice(request: GenerationRequest) -> str | dict[str, Any]:
 def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict[str, Any], IdMap]:
     """The body to POST, and the id map to translate the answer's ids back."""
     dialect = config.dialect
-    wire_messages, ids = messages(request, normalise=dialect != "openai")
+    wire_messages, ids = messages(request, normalise=dialect != "openai", dialect=dialect)
     s = request.sampling
     body: dict[str, Any] = {
         "model": config.model,
@@ -138,8 +172,12 @@ def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict
     thinking = request.thinking != "none"
     if dialect in ("vllm", "sglang"):
         body["chat_template_kwargs"] = {"thinking": thinking}
+        if request.keep_reasoning:
+            body["chat_template_kwargs"]["preserve_thinking"] = True
     elif dialect == "moonshot":
         body["thinking"] = {"type": "enabled" if thinking else "disabled"}
+        if thinking and request.keep_reasoning:
+            body["thinking"]["keep"] = "all"
     if request.prompt_cache_key is not None:
         body["prompt_cache_key"] = request.prompt_cache_key
     if dialect == "vllm" and request.cache_scope:

@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimiserve.errors import InsufficientCredits, InvalidRequest, KimiserveError, RateLimited
+from kimiserve.errors import (
+    InsufficientCredits,
+    InvalidRequest,
+    KimiserveError,
+    RateLimited,
+    as_kimiserve_error,
+)
 from kimiserve.http.body import InvalidText
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.request_id import current_request_id
@@ -114,10 +120,8 @@ def render(
     exc: BaseException, request_id: str, names: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) for any exception; `names` overrides PARAMETERS for this request."""
-    if not isinstance(exc, KimiserveError):
-        log.error("internal error in request %s", request_id, exc_info=exc)
-        message = f"The server had an error while processing your request (request id {request_id})."
-        return 500, _body(message, "server_error", None, "internal_server_error")
+    if not isinstance(exc, KimiserveError):  # a bug: logged once, with its reference
+        exc = as_kimiserve_error(exc)
     status = exc.status
     code = CODES.get(exc.code, _snake(exc.code))
     kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")

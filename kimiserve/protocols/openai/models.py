@@ -59,6 +59,7 @@ class ChatMessage(_Open):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None  # Kimi: earlier turns' thinking (dropped unless kept)
+    reasoning: str | None = None  # the same, under vLLM's name (vllm PR 27752)
 
 
 class FunctionDef(_Open):

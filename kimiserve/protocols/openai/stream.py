@@ -53,7 +53,7 @@ async def open_stream(
     client leaving) closes the events, which settles or releases the request."""
     events = await primed(started.events, services.settings.keepalive_s)  # closes them if it raises
     admitted = started.admitted
-    outcome = Outcome()
+    outcome = StreamStatus()
     frames = _frames(
         reply, events, len(admitted.seeds), include_usage=include_usage, names=names, outcome=outcome
     )
@@ -70,14 +70,14 @@ async def open_stream(
 
 
 @dataclass
-class Outcome:
+class StreamStatus:
     """How a stream ended, for the metrics: `success`, an error code, or the client leaving."""
 
     status: str = "clientDisconnected"
 
 
 async def _counted(
-    frames: AsyncGenerator[bytes, None], services: Context, outcome: Outcome
+    frames: AsyncGenerator[bytes, None], services: Context, outcome: StreamStatus
 ) -> AsyncGenerator[bytes, None]:
     """The frames, and when they end (or the client leaves) the request counted."""
     try:
@@ -95,12 +95,12 @@ async def _frames(
     *,
     include_usage: bool,
     names: Mapping[str, str],
-    outcome: Outcome | None = None,
+    outcome: StreamStatus | None = None,
 ) -> AsyncGenerator[bytes, None]:
     def chunk(index: int, delta: dict[str, object], finish: str | None = None) -> bytes:
         return frame(translate.chunk(reply, index, delta, finish, with_usage=include_usage))
 
-    outcome = outcome if outcome is not None else Outcome()
+    outcome = outcome if outcome is not None else StreamStatus()
     usages: dict[int, Usage] = {}
     calls = [0] * n
     try:

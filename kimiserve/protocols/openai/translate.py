@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kimiserve.domain.capabilities import Parameters
 from kimiserve.domain.inference import Call
 from kimiserve.domain.results import GenerationResult
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import (
     Constraint,
     GenerationRequest,
@@ -31,7 +32,6 @@ from kimiserve.domain.types import (
     ToolSpec,
     Usage,
 )
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import InvalidRequest, UnsupportedFeature
 from kimiserve.protocols.openai.errors import from_validation
 from kimiserve.protocols.openai.models import ChatCompletionRequest, ChatMessage, ContentPart, ResponseFormat
@@ -126,7 +126,8 @@ def _messages(chat: ChatCompletionRequest) -> list[Message]:
                 ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
                 for c in m.tool_calls or ()
             )
-            out.append(Message(role="assistant", content=text, tool_calls=calls))
+            reasoning = m.reasoning_content or m.reasoning or ""
+            out.append(Message(role="assistant", content=text, tool_calls=calls, reasoning=reasoning))
         else:
             out.append(
                 Message(
@@ -269,6 +270,8 @@ def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
         tools=tools,
         tool_choice=tool_choice,
         prompt_cache_key=chat.prompt_cache_key,
+        # Seed 004: `keep: "all"` preserves earlier turns' reasoning_content; without it, dropped.
+        keep_reasoning=chat.thinking is not None and chat.thinking.keep == "all",
     )
 
 
@@ -393,10 +396,10 @@ def model_entries(model: ServedModel, created: int) -> list[dict[str, Any]]:
             "root": model.id,
             "max_model_len": model.engine.capabilities.context_length,
         }
-        if model.stand_in_for:
-            entry["stand_in_for"] = model.stand_in_for
+        if model.served_by:
+            entry["stand_in_for"] = model.served_by
             entry["description"] = (
-                f"Local stand-in: requests for {model.id} are answered by {model.stand_in_for}."
+                f"Local stand-in: requests for {model.id} are answered by {model.served_by}."
             )
         out.append(entry)
     return out

@@ -2,7 +2,7 @@
 
 Each task succeeds or fails on its own: a handler returns its data items or raises, and the
 caller renders the error for that task alone. Every handler works on the validated, typed
-task; a textInference goes through the one pipeline (`domain/pipeline.py`) and its lifecycle
+task; a textInference goes through the front door (`domain/inference.py`) and its lifecycle
 through `domain/tasks.py`. Deliveries: `sync` answers with the results, `async` with an
 acknowledgement (results via getResponse), and a task with `webhookURL` is acknowledged the
 same way and then POSTs each generation to that URL through the outbox.
@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kimiserve.delivery.tasks import Delivery, Render, TaskSpec
+from kimiserve.delivery.tasks import DeliveryMethod, Render, TaskSpec
 from kimiserve.domain.inference import Call
 from kimiserve.domain.principal import Principal, authorize
 from kimiserve.domain.tasks import Tasks, stored_error
@@ -46,7 +46,7 @@ PROTOCOL = translate.PROTOCOL
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ArrayReply:
     """The reply to a task array: data items, error items, and the HTTP status."""
 
     data: list[dict[str, Any]]
@@ -79,7 +79,7 @@ def task_record(task: Task) -> dict[str, Any]:
 
 def task_spec(task: TextInferenceTask) -> TaskSpec:
     """How a textInference task is recorded and delivered."""
-    delivery: Delivery = "webhook" if task.webhookURL is not None else "async"
+    delivery: DeliveryMethod = "webhook" if task.webhookURL is not None else "async"
     if task.webhookURL is None and task.deliveryMethod != "async":
         delivery = "sync"  # "stream" is refused before: it is answered by stream.py
     return TaskSpec(task.taskUUID, "textInference", delivery, task_record(task), webhook_url=task.webhookURL)
@@ -95,7 +95,7 @@ class Dispatcher:
     def tasks(self) -> Tasks:
         return self._services.tasks
 
-    async def run_array(self, principal: Principal, raw_tasks: list[Any]) -> Outcome:
+    async def run_array(self, principal: Principal, raw_tasks: list[Any]) -> ArrayReply:
         results = await asyncio.gather(
             *(self.run_task(principal, raw) for raw in raw_tasks), return_exceptions=True
         )
@@ -114,7 +114,7 @@ class Dispatcher:
             else:
                 data.extend(result)
         status = 200 if data or not statuses else statuses[0]
-        return Outcome(data, errors, status, retry_after)
+        return ArrayReply(data, errors, status, retry_after)
 
     async def run_task(self, principal: Principal, raw: Any) -> list[dict[str, Any]]:
         """One task of an array, counted in the metrics by its outcome."""

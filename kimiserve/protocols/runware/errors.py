@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import uuid
 from typing import Any
 
-from kimiserve.errors import InvalidRequest, KimiserveError, RateLimited
+from kimiserve.errors import InvalidRequest, KimiserveError, RateLimited, as_kimiserve_error
 from kimiserve.http.body import InvalidText
 from kimiserve.http.request_id import current_request_id
 from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
-
-log = logging.getLogger(__name__)
 
 DOCS = "https://runware.ai/docs/models/moonshotai-kimi-k2-6"
 
@@ -22,8 +18,6 @@ DOCS = "https://runware.ai/docs/models/moonshotai-kimi-k2-6"
 # upstream timeout, 504) and 500 otherwise (502): a server-side failure is never a 4xx.
 _RUNWARE_STATUSES = {400, 401, 402, 403, 413, 429, 500, 503}
 _RETRYABLE = {503, 504}
-
-_CONVERTED = "_kimiserve_error"  # where an unexpected exception keeps its one reference
 
 # The canonical parameter names of the domain, as Runware spells them.
 _PARAMETERS = {
@@ -36,22 +30,8 @@ _PARAMETERS = {
 }
 
 
-def to_error(exc: BaseException) -> KimiserveError:
-    """Any exception as a KimiserveError; unexpected ones are logged with a reference id."""
-    if isinstance(exc, KimiserveError):
-        return exc
-    converted = getattr(exc, _CONVERTED, None)
-    if isinstance(converted, KimiserveError):  # the same failure stored and returned: one reference
-        return converted
-    ref = uuid.uuid4().hex[:12]
-    log.error("internal error ref=%s", ref, exc_info=exc)
-    converted = KimiserveError(f"Internal server error (reference {ref}).")
-    setattr(exc, _CONVERTED, converted)
-    return converted
-
-
 def error_item(exc: BaseException, *, task_type: str | None, task_uuid: str | None) -> dict[str, Any]:
-    err = to_error(exc)
+    err = as_kimiserve_error(exc)
     item: dict[str, Any] = {"code": err.code, "message": err.message}
     if err.parameter:
         item["parameter"] = _PARAMETERS.get(err.parameter, err.parameter)
@@ -74,7 +54,7 @@ def retry_after_header(exc: BaseException) -> dict[str, str]:
 
 
 def status_of(exc: BaseException) -> int:
-    status = to_error(exc).status
+    status = as_kimiserve_error(exc).status
     if status in _RUNWARE_STATUSES:
         return status
     if status >= 500:

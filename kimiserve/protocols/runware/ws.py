@@ -10,8 +10,10 @@ connection → `finally`: cancel the others, hand unsent replies to the session,
 - Every other task runs concurrently (at most `ws_max_in_flight` per socket) through the same
   Dispatcher as HTTP; a task before authentication is answered with `missingApiKey` (in open
   mode it runs for the default account).
-- All writes go through one bounded queue and one sender; a client that stops reading until
-  the queue stays full is closed (its replies are kept in its session for a resume).
+- All writes go through one bounded queue and one sender; a client that stops reading is
+  closed once one frame's send waits `stream_write_timeout_s` (uvicorn waits while the socket's
+  buffers are full) or the queue stays full that long: its replies are kept in its session for
+  a resume (and getResponse has them: the tasks never depended on the socket).
 - A socket with no message for `ws_idle_timeout_s` is closed. `deliveryMethod: stream` is
   HTTP-only (the SDK streams over HTTP POST).
 - Frames pass the same input boundary as HTTP bodies (`http.body.parse_json`); replies are
@@ -55,7 +57,7 @@ from kimiserve.protocols.runware.validation import task_type_of, task_uuid_of
 log = logging.getLogger(__name__)
 
 PONG: Message = {"data": [{"taskType": "ping", "pong": True}]}
-STALL_S = 30.0  # how long a reply may wait for room in a full send queue before the socket is dropped
+CLOSE_WAIT_S = 1.0  # how long the close frame may wait to be written to a client that may not read
 CLOSE_IDLE = (1000, "idle timeout")
 CLOSE_STUCK = (1008, "client is not reading")
 CLOSE_REVOKED = (1008, "API key revoked")
@@ -130,8 +132,9 @@ class Connection:
             await _cancel_all(owned)
             self._cleanup()
             if self._ws.application_state == WebSocketState.CONNECTED:
-                with contextlib.suppress(Exception):  # the client may be gone already
-                    await self._ws.close(*self._close)
+                with contextlib.suppress(Exception):  # the client may be gone, or not reading
+                    async with asyncio.timeout(CLOSE_WAIT_S):
+                        await self._ws.close(*self._close)
 
     def _cleanup(self) -> None:
         unsent = [self._sending] if self._sending is not None else []
@@ -158,19 +161,31 @@ class Connection:
             return True
         except asyncio.QueueFull:
             pass
+        stall_s = self._settings.stream_write_timeout_s
         try:
-            await asyncio.wait_for(self._queue.put((message, task_reply)), timeout=STALL_S)
+            await asyncio.wait_for(self._queue.put((message, task_reply)), timeout=stall_s)
         except TimeoutError:
-            log.warning("websocket send queue full for %.0f s: closing the socket", STALL_S)
-            self._close = CLOSE_STUCK
-            self._stuck.set()
+            log.warning("websocket send queue full for %.0f s: closing the socket", stall_s)
+            self._stuck_now()
             return False
-        return True
+        # Room came as the socket closed: the queue is no longer read, so the session keeps it.
+        return not self._closing
+
+    def _stuck_now(self) -> None:
+        self._close = CLOSE_STUCK
+        self._stuck.set()
 
     async def _send_loop(self) -> None:
+        stall_s = self._settings.stream_write_timeout_s
         while True:
             self._sending = await self._queue.get()
-            await self._ws.send_text(_render(self._sending[0]))
+            try:
+                async with asyncio.timeout(stall_s):  # uvicorn's send waits while the socket is full
+                    await self._ws.send_text(_render(self._sending[0]))
+            except TimeoutError:
+                log.warning("websocket frame unsent for %.0f s: the client is not reading", stall_s)
+                self._stuck_now()
+                return  # ends the connection; the unsent reply goes to the session
             self._sending = None
 
     async def _flush(self, timeout_s: float) -> None:

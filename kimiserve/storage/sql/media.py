@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.domain.ports import MediaRow
 from kimiserve.storage.sql.tables import media
-
-
-@dataclass(frozen=True)
-class MediaRow:
-    id: str
-    account_id: str
-    content_type: str
-    size_bytes: int
-    sha256: str
 
 
 class SqlMediaStore:

@@ -8,32 +8,18 @@ mid-attempt only delays the row by the lease. Enqueueing the same id twice is a 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kimiserve.domain.ports import OutboxRow
 from kimiserve.storage.sql.tables import webhook_outbox
 
 
-@dataclass(frozen=True)
-class Delivery:
-    id: str
-    account_id: str
-    task_uuid: str
-    url: str
-    body: str
-    status: str  # pending | delivered | failed
-    attempts: int
-    next_attempt_at: float
-    created_at: float
-    last_error: str | None
-
-
-def _delivery(r: Any) -> Delivery:
-    return Delivery(
+def _delivery(r: Any) -> OutboxRow:
+    return OutboxRow(
         id=r.id,
         account_id=r.account_id,
         task_uuid=r.task_uuid,
@@ -75,7 +61,7 @@ class SqlOutboxStore:
             return False
         return True
 
-    async def claim_due(self, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_due(self, limit: int, lease_s: float) -> list[OutboxRow]:
         """Pending deliveries that are due, each leased to the caller for `lease_s`."""
         now = time.time()
         async with self._db.connect() as conn:
@@ -150,14 +136,14 @@ class SqlOutboxStore:
                 .values(next_attempt_at=time.time(), updated_at=time.time())
             )
 
-    async def get(self, delivery_id: str) -> Delivery | None:
+    async def get(self, delivery_id: str) -> OutboxRow | None:
         async with self._db.connect() as conn:
             row = (
                 await conn.execute(webhook_outbox.select().where(webhook_outbox.c.id == delivery_id))
             ).first()
         return _delivery(row) if row is not None else None
 
-    async def for_task(self, task_uuid: str) -> list[Delivery]:
+    async def for_task(self, task_uuid: str) -> list[OutboxRow]:
         async with self._db.connect() as conn:
             rows = (
                 await conn.execute(

@@ -129,10 +129,10 @@ async def test_registry_serves_file_models_and_keeps_the_embedded_one(
     path.write_text(good().replace('key_env = "TEST_UPSTREAM_KEY"\n', ""))
     registry = build_registry(Settings(models_file=path), FakeEngine(), "smollm2")
     kimi = registry.resolve("moonshotai:kimi@2.6")
-    assert kimi.id == "kimi-k2.6" and kimi.stand_in_for is None and isinstance(kimi.engine, PoolEngine)
+    assert kimi.id == "kimi-k2.6" and kimi.served_by is None and isinstance(kimi.engine, PoolEngine)
     assert registry.resolve("smollm2").engine is not kimi.engine
     without = build_registry(Settings(), FakeEngine(), "smollm2")
-    assert without.resolve("kimi-k2.6").stand_in_for == "smollm2"  # the default is unchanged
+    assert without.resolve("kimi-k2.6").served_by == "smollm2"  # the default is unchanged
     for engine in registry.engines():
         await engine.aclose()
 

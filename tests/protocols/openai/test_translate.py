@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from kimiserve.domain import capabilities
+from kimiserve.domain.served import ServedModel
 from kimiserve.domain.types import Constraint, Message, ToolCall, ToolChoice
 from kimiserve.engines.base import Capabilities
 from kimiserve.engines.fake import FakeEngine
-from kimiserve.engines.registry import ServedModel
 from kimiserve.errors import (
     EngineError,
     InsufficientCredits,
@@ -25,7 +25,7 @@ from kimiserve.platform.prices import FREE
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
 
-PLAIN = ServedModel(id="kimi-k2.6", aliases=(), engine=FakeEngine(), price=FREE, stand_in_for="tiny")
+PLAIN = ServedModel(id="kimi-k2.6", aliases=(), engine=FakeEngine(), price=FREE, served_by="tiny")
 CAPABLE = ServedModel(
     id="kimi-k2.6",
     aliases=(),
@@ -100,7 +100,20 @@ def test_roles_and_history() -> None:
     assert system == Message(role="system", content="Be brief.")
     assert user.content == "a\nb"
     assert assistant.content == "" and assistant.tool_calls[0].name == "f"
+    assert assistant.reasoning == "thinking..."
     assert tool == Message(role="tool", content="42", tool_call_id="c1")
+    assert not req.keep_reasoning  # kept only when asked (seed 004: thinking.keep "all")
+
+
+def test_thinking_keep_all_keeps_reasoning_under_either_name() -> None:
+    history = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b", "reasoning": "vLLM's name"},
+        {"role": "user", "content": "c"},
+    ]
+    kept = request(CAPABLE, messages=history, thinking={"type": "enabled", "keep": "all"})
+    assert kept.keep_reasoning and kept.messages[1].reasoning == "vLLM's name"
+    assert not request(CAPABLE, messages=history, thinking={"type": "enabled"}).keep_reasoning
 
 
 def test_response_formats() -> None:

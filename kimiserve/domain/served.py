@@ -19,14 +19,14 @@ class ServedModel:
     engine: Engine
     price: Price
     owned_by: str = "kimiserve"
-    stand_in_for: str | None = None  # set when a small local model answers for a bigger one
+    served_by: str | None = None  # the small local model answering for this one (a stand-in), if any
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *[a for a in self.aliases if a != self.id])
 
 
-class ModelRegistry:
+class ServedModels:
     def __init__(self, models: list[ServedModel]) -> None:
         self._models = list(models)
         self._by_name: dict[str, ServedModel] = {}
@@ -56,3 +56,26 @@ class ModelRegistry:
         for model in self._models:
             seen.setdefault(id(model.engine), model.engine)
         return list(seen.values())
+
+
+def with_stand_ins(served: list[ServedModel], embedded: ServedModel, kimi_price: Price) -> ServedModels:
+    """The served models: those configured (`served`) first, then the embedded model under its own
+    id unless one took it. When no configured model answers for Kimi K2.6's names, the embedded
+    model answers for them as a local stand-in (at Kimi's prices), said plainly wherever models
+    are listed (`served_by`)."""
+    models = list(served)
+    taken = {name for model in served for name in model.names}
+    if KIMI_ID not in taken and not taken.intersection(KIMI_ALIASES):
+        models.append(
+            ServedModel(
+                id=KIMI_ID,
+                aliases=KIMI_ALIASES,
+                engine=embedded.engine,
+                price=kimi_price,
+                owned_by="moonshotai",
+                served_by=embedded.id,
+            )
+        )
+    if embedded.id not in taken:
+        models.append(embedded)
+    return ServedModels(models)
