@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
 from kimiserve import dashboard, openapi
-from kimiserve.errors import KimiserveError
+from kimiserve.errors import KimiserveError, as_kimiserve_error
 from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
@@ -26,7 +26,7 @@ from kimiserve.http.stall import StallGuard
 from kimiserve.platform.shared_redis import SessionBuffers
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
-from kimiserve.protocols.runware.errors import error_item, status_of, to_error
+from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
 from kimiserve.protocols.runware.ws import routes as runware_ws_routes
@@ -65,7 +65,7 @@ def refusal(scope: Scope, exc: BaseException) -> Response:
     if protocol == "openai":
         return openai_error(exc, f"req_{uuid.uuid4().hex}")
     if protocol == "anthropic":
-        err = to_error(exc)  # an unexpected exception: logged once, with its reference
+        err = as_kimiserve_error(exc)  # an unexpected exception: logged once, with its reference
         return SafeJSONResponse(anthropic_error_body(err.status, err.message), status_code=err.status)
     item = error_item(exc, task_type=None, task_uuid=None)
     return SafeJSONResponse({"errors": [item]}, status_code=status_of(exc))
