@@ -119,8 +119,16 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
         return name, await run(engine, req)
 
     results = await asyncio.gather(*(one(i, name) for i, name in enumerate(names)))
-    failures = []
+    failures, cut = [], []
     for i, (name, turn) in enumerate(results):
+        if turn.finish == "length" and turn.usage.completion_tokens == 160:
+            # The model ran out of max_tokens inside the call (ref_recursive: it nests until the
+            # end). Since issue 21 that is the partial call, as cut, never closed into a valid one.
+            assert [c.name for c in turn.calls] == [f"tool_{i}"] and not turn.text, (name, turn)
+            with pytest.raises(ValueError):
+                json.loads(turn.calls[0].arguments)
+            cut.append(name)
+            continue
         if turn.finish != "tool_calls" or len(turn.calls) != 1 or turn.text:
             failures.append(f"{name}: {turn.finish} {turn.calls} {turn.text!r}")
             continue
@@ -130,6 +138,7 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
         if errors:
             failures.append(f"{name}: {call.arguments} {errors}")
     assert not failures, "\n".join(failures)
+    assert len(cut) <= 2, cut  # a model that loops in one or two schemas, not the engine
 
 
 async def test_named_choice_calls_that_tool_and_usage_counts_the_call(engine: LlamaCppEngine) -> None:
