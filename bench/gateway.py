@@ -1,7 +1,7 @@
 """kimiserve as a gateway against the LiteLLM proxy, both in front of the same fast upstream.
 
     .venv/bin/python bench/gateway.py --litellm /work/litellm-venv/bin/litellm \
-        [--rounds 3] [--seconds 3] [--streams 1000]
+        [--rounds 3] [--seconds 3] [--streams 1000] [--protocols]
 
 LiteLLM is a bench-only dependency: install it in a venv of its own (its pins are not ours),
 `python3 -m venv /work/litellm-venv && /work/litellm-venv/bin/pip install 'litellm[proxy]'`,
@@ -28,6 +28,8 @@ targets; each figure is the median over rounds:
 - latency added over calling the upstream directly: p50 and p99 at concurrency 1;
 - then `--streams` streams held open at once through each gateway, with the gateway's RSS
   (its process and children) before and while holding.
+With `--protocols`, the same kimiserve is also measured through OpenAI's Responses API and
+Anthropic's Messages API (the same request in each one's shape), each against chat completions.
 """
 
 from __future__ import annotations
@@ -241,6 +243,8 @@ def http_request(target: Target, body: dict[str, Any]) -> bytes:
     )
     if target.key:
         head += f"Authorization: Bearer {target.key}\r\n"
+    if target.path == "/v1/messages":
+        head += "anthropic-version: 2023-06-01\r\n"
     return head.encode() + b"\r\n" + raw
 
 
@@ -254,6 +258,29 @@ def chat(model: str, tokens: int, stream: bool, content: str = "one two three fo
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def responses(model: str, tokens: int, stream: bool, content: str = "one two three four") -> dict[str, Any]:
+    """The same request on OpenAI's Responses API; `store: false`, so no more is written per
+    request than for a chat completion (a stored response is one more task row)."""
+    return {"model": model, "input": content, "max_output_tokens": tokens, "stream": stream, "store": False}
+
+
+def messages(model: str, tokens: int, stream: bool, content: str = "one two three four") -> dict[str, Any]:
+    """The same request on Anthropic's Messages API."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
+
+
+BODIES = {"/v1/chat/completions": chat, "/v1/responses": responses, "/v1/messages": messages}
+
+
+def body(target: Target, tokens: int, stream: bool) -> dict[str, Any]:
+    return BODIES[target.path](target.model, tokens, stream)
 
 
 @dataclass
@@ -478,19 +505,19 @@ async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, 
         out[target.name].setdefault(metric, []).append(value)
 
     for target in targets:  # warm up: connections, imports, caches
-        await load(target, http_request(target, chat(target.model, 16, False)), 32, 1.0)
-        await load(target, http_request(target, chat(target.model, 16, True)), 8, 0.5)
+        await load(target, http_request(target, body(target, 16, False)), 32, 1.0)
+        await load(target, http_request(target, body(target, 16, True)), 8, 0.5)
     for r in range(args.rounds):
         order = targets if r % 2 == 0 else list(reversed(targets))
         for target in order:
-            plain = http_request(target, chat(target.model, 16, False))
+            plain = http_request(target, body(target, 16, False))
             for concurrency in (1, 32, 256):
                 result = await load(target, plain, concurrency, args.seconds)
                 put(target, f"rps{concurrency}", result.rps)
                 if concurrency == 1:
                     put(target, "p50", pct(result.latencies, 0.5) * 1000)
                     put(target, "p99", pct(result.latencies, 0.99) * 1000)
-            streams = http_request(target, chat(target.model, 256, True))
+            streams = http_request(target, body(target, 256, True))
             streamed = await load(target, streams, 32, args.seconds)
             put(target, "fps", streamed.fps)
             print(
@@ -506,6 +533,7 @@ Held = tuple[float, float, float, int]
 
 def report(results: dict[str, dict[str, list[float]]], held: dict[str, Held]) -> None:
     med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in results.items()}
+    protocols = {n: med.pop(n) for n in PROTOCOLS if n in med}
     gateways = [n for n in med if n != "upstream"]
     direct = med["upstream"]
     print("\n| | " + " | ".join(med) + " | " + " | ".join(f"kimiserve / {g}" for g in gateways[1:]) + " |")
@@ -529,6 +557,20 @@ def report(results: dict[str, dict[str, list[float]]], held: dict[str, Held]) ->
     for key in ("p50", "p99"):
         added = [f"{med[g][key] - direct[key]:+.2f}" for g in gateways]
         print(f"| added {key}, ms | – | " + " | ".join(added) + " |" + " |" * (len(gateways) - 1))
+    if protocols:
+        print("\n| kimiserve, by protocol | chat completions | " + " | ".join(protocols) + " |")
+        print("|---" * (2 + len(protocols)) + "|")
+        chat_m = med["kimiserve"]
+        for label, key in rows[:2] + rows[3:4]:
+            cells = [f"{m[key]:.1f} ({m[key] / chat_m[key]:.2f}x)" for m in protocols.values()]
+            print(f"| {label} | {chat_m[key]:.1f} | " + " | ".join(cells) + " |")
+        for key in ("p50", "p99"):
+            cells = [f"{m[key] - direct[key]:+.2f}" for m in protocols.values()]
+            print(
+                f"| added {key}, ms (concurrency 1) | {chat_m[key] - direct[key]:+.2f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     for name, (before, during, opened, ok) in held.items():
         print(
             f"| {name}: {STREAMS_HELD} streams held | {ok} open after {opened:.1f} s; RSS {before:.0f} MiB "
@@ -537,6 +579,7 @@ def report(results: dict[str, dict[str, list[float]]], held: dict[str, Held]) ->
 
 
 STREAMS_HELD = 1000
+PROTOCOLS = ("responses", "messages")  # kimiserve's other protocols, with --protocols
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -549,13 +592,16 @@ async def run(args: argparse.Namespace) -> None:
     try:
         kimiserve, kimi = start_kimiserve(tmp, upstream_port, args.streams)
         targets = [Target("upstream", upstream_port, UPSTREAM_MODEL, pid=upstream.pid), kimi]
+        if args.protocols:  # the same kimiserve process, through its other protocols
+            for name, path in (("responses", "/v1/responses"), ("messages", "/v1/messages")):
+                targets.append(Target(name, kimi.port, MODEL, key=kimi.key, path=path, pid=kimi.pid))
         if args.litellm:
             litellm, lite = start_litellm(args.litellm, tmp, upstream_port)
             targets.append(lite)
         print(f"load {os.getloadavg()[0]:.2f} at start; logs in {tmp}", flush=True)
         results = await measure(targets, args)
         held = {}
-        for target in targets[1:]:
+        for target in [t for t in targets[1:] if t.name not in PROTOCOLS]:
             held[target.name] = await hold_streams(target, args.streams)
             print(f"{target.name}: held {args.streams} streams: {held[target.name]}", flush=True)
         print(f"load {os.getloadavg()[0]:.2f} at the end")
@@ -574,6 +620,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
     parser.add_argument("--streams", type=int, default=1000, help="streams held open at the end")
+    parser.add_argument(
+        "--protocols", action="store_true", help="also kimiserve's Responses and Messages APIs, beside chat"
+    )
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:

@@ -15,17 +15,21 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
 from kimiserve import dashboard, openapi
-from kimiserve.errors import KimiserveError, as_kimiserve_error
+from kimiserve.errors import KimiserveError
 from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
-from kimiserve.http.notfound import anthropic_error_body, protocol_of
+from kimiserve.http.notfound import protocol_of
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
 from kimiserve.http.stall import StallGuard
 from kimiserve.platform.shared_redis import SessionBuffers
+from kimiserve.protocols.anthropic.errors import error_response as anthropic_error
+from kimiserve.protocols.anthropic.routes import routes as anthropic_routes
 from kimiserve.protocols.openai.errors import error_response as openai_error
 from kimiserve.protocols.openai.routes import routes as openai_routes
+from kimiserve.protocols.responses.errors import error_response as responses_error
+from kimiserve.protocols.responses.routes import routes as responses_routes
 from kimiserve.protocols.runware.errors import error_item, status_of
 from kimiserve.protocols.runware.routes import routes as runware_routes
 from kimiserve.protocols.runware.sessions import SessionRegistry
@@ -62,11 +66,13 @@ def refusal(scope: Scope, exc: BaseException) -> Response:
     """An error outside any route (shutting down, no such route, a bug), in the format of the
     protocol the request speaks (`http/notfound.py` decides which)."""
     protocol = protocol_of(scope)
-    if protocol == "openai":
-        return openai_error(exc, f"req_{uuid.uuid4().hex}")
+    request_id = f"req_{uuid.uuid4().hex}"
     if protocol == "anthropic":
-        err = as_kimiserve_error(exc)  # an unexpected exception: logged once, with its reference
-        return SafeJSONResponse(anthropic_error_body(err.status, err.message), status_code=err.status)
+        return anthropic_error(exc, request_id)
+    if protocol == "responses":
+        return responses_error(exc, request_id)
+    if protocol == "openai":
+        return openai_error(exc, request_id)
     item = error_item(exc, task_type=None, task_uuid=None)
     return SafeJSONResponse({"errors": [item]}, status_code=status_of(exc))
 
@@ -130,6 +136,8 @@ def create_app(
     # The inference routes first: the router tries each route's pattern in turn, per request.
     all_routes: list[BaseRoute] = []
     all_routes += openai_routes()  # /v1/chat/completions, /v1/models first: /v1 is Runware's
+    all_routes += anthropic_routes()  # /v1/messages, /v1/messages/count_tokens
+    all_routes += responses_routes()  # /v1/responses
     all_routes += runware_routes()
     all_routes += runware_ws_routes()  # WebSocket at / and /v1, beside POST on the same paths
     all_routes += [

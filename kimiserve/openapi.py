@@ -19,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from kimiserve.http import admin
+from kimiserve.protocols.anthropic.models import CountTokensRequest, MessagesRequest
 from kimiserve.protocols.openai.models import ChatCompletionRequest
+from kimiserve.protocols.responses.models import ResponsesRequest
 from kimiserve.protocols.runware.models import TASK_MODELS
 
 REF = "#/components/schemas/{model}"
@@ -66,8 +68,96 @@ def _runware_post(path: str) -> dict[str, Any]:
     }
 
 
+def _responses_paths() -> dict[str, Any]:
+    """The Responses API (protocols/responses/routes.py)."""
+    error = _json(ERROR, "`{error: {message, type, param, code}}`")
+    one = _path_params("response_id")
+    return {
+        "/v1/responses": {
+            "post": {
+                "tags": ["OpenAI Responses"],
+                "summary": "Create a response (stream: true for the typed server-sent events)",
+                "operationId": "create_response",
+                "requestBody": {"required": True, **_json(_ref("ResponsesRequest"), "Responses request")},
+                "responses": {
+                    "200": _json({"type": "object"}, "A response, or its events"),
+                    "default": error,
+                },
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "tags": ["OpenAI Responses"],
+                "summary": "A stored response of this account",
+                "operationId": "get_response",
+                "parameters": one,
+                "responses": {"200": _json({"type": "object"}, "The response"), "default": error},
+            },
+            "delete": {
+                "tags": ["OpenAI Responses"],
+                "summary": "Delete a stored response of this account",
+                "operationId": "delete_response",
+                "parameters": one,
+                "responses": {"200": _json({"type": "object"}, "response.deleted"), "default": error},
+            },
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": {
+                "tags": ["OpenAI Responses"],
+                "summary": "A stored response's input items",
+                "operationId": "list_response_input_items",
+                "parameters": [
+                    *one,
+                    {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json({"type": "object"}, "A list of items"), "default": error},
+            }
+        },
+    }
+
+
+def _anthropic_paths() -> dict[str, Any]:
+    error = _json(ERROR, '`{type: "error", error: {type, message}, request_id}` (529: overloaded)')
+    return {
+        "/v1/messages": {
+            "post": {
+                "tags": ["Anthropic-compatible"],
+                "summary": "Create a message (stream: true for Anthropic's server-sent events)",
+                "operationId": "anthropic_messages",
+                "requestBody": {"required": True, **_json(_ref("MessagesRequest"), "Messages request")},
+                "responses": {
+                    "200": _json(OBJECT, "A message, or message_start … message_stop events"),
+                    "default": error,
+                },
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "tags": ["Anthropic-compatible"],
+                "summary": "Count a Messages request's input tokens",
+                "operationId": "anthropic_count_tokens",
+                "requestBody": {"required": True, **_json(_ref("CountTokensRequest"), "Count request")},
+                "responses": {"200": _json(OBJECT, "`{input_tokens}`"), "default": error},
+            }
+        },
+    }
+
+
 def document(routes_base_url: str = "") -> dict[str, Any]:
-    bodies: list[type[BaseModel]] = [*TASK_MODELS.values(), ChatCompletionRequest, *admin.BODIES.values()]
+    bodies: list[type[BaseModel]] = [
+        *TASK_MODELS.values(),
+        ChatCompletionRequest,
+        MessagesRequest,
+        CountTokensRequest,
+        ResponsesRequest,
+        *admin.BODIES.values(),
+    ]
     _, schemas = models_json_schema([(m, "validation") for m in bodies], ref_template=REF, by_alias=True)
     paths: dict[str, Any] = {
         "/": _runware_post("/"),
@@ -84,6 +174,8 @@ def document(routes_base_url: str = "") -> dict[str, Any]:
                 },
             }
         },
+        **_anthropic_paths(),
+        **_responses_paths(),
         "/v1/models": {
             "get": {
                 "tags": ["OpenAI-compatible"],
@@ -161,15 +253,19 @@ def document(routes_base_url: str = "") -> dict[str, Any]:
         "info": {
             "title": "kimiserve",
             "version": "0.1.0",
-            "description": "The Kimi K2.6 text-inference API, self-hosted: Runware tasks and "
-            "OpenAI-compatible chat completions.",
+            "description": "The Kimi K2.6 text-inference API, self-hosted: Runware tasks, "
+            "OpenAI-compatible chat completions, the OpenAI Responses API and the Anthropic-compatible "
+            "Messages API.",
         },
         "servers": [{"url": routes_base_url or "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
     }
 

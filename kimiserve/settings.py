@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         description="Redis shared by the replicas (rate limits, cross-replica wake-ups, WebSocket "
         "session buffers); unset: in-process versions (one replica).",
     )
+    model_map: dict[str, str] = Field(
+        default_factory=lambda: {"claude-*": "kimi-k2.6"},
+        description="Anthropic Messages API: model names that are not served, as shell-style globs, "
+        'mapped to a served model name (JSON, e.g. {"claude-*": "kimi-k2.6"}), so agents that '
+        "send their own default names (Claude Code) work without flags. Served names always win; "
+        "the first matching glob is used; {} turns it off.",
+    )
     fake_delay_s: float = Field(
         0.0, description="The fake engine (tests only): seconds before each word, to make tasks last."
     )

@@ -17,6 +17,8 @@ permit or a store. Admission is `admission.py`, money `metering.py`, the tools' 
 - `start(principal, call)` is the same stream with `Admitted` taken: `Started.admitted` and
   `Started.events`.
 - `complete(principal, call)` runs every generation to its end and returns their results.
+- `count(principal, call)` authorizes, resolves and checks as a run would, then asks the engine
+  for the prompt's token count, admitting nothing (Anthropic's `count_tokens`).
 - `run(principal, call)` admits now and returns a `Running` that runs later (`complete()`, or
   `each(deliver)`: each generation delivered as it ends, for a webhook per generation), for
   `delivery/`'s async and webhook deliveries.
@@ -68,6 +70,8 @@ class Call:
     # Runs once admitted, before any generation (a task's record): a failure releases everything.
     on_admitted: Callable[[Admitted], Awaitable[None]] | None = None
 
+
+_TEMPLATE_TOKENS = 4  # per message or tool in `estimate_prompt_tokens`: role markers, separators
 
 StreamItem = tuple[int, "PipelineEvent | Admitted"]
 
@@ -137,6 +141,24 @@ class Inference:
         finally:
             await admission.aclose()
 
+    async def count(self, principal: Principal, call: Call) -> int:
+        """The prompt's tokens as the engine counts them, nothing admitted, held or recorded.
+
+        Media is not fetched (images count as the engine counts their references). An engine
+        that cannot count (an upstream pool) gets an estimate: UTF-8 bytes / 4 over the text,
+        calls and tools, plus a few tokens per message for the template's role markers — not the
+        admission's upper bound,
+        which is what a hold needs but would tell an agent its context is four times fuller.
+        """
+        authorize(principal, "inference")
+        model = self.admissions.model(principal, call.model)
+        request = replace(call.request, model=model.id)
+        check_capabilities(model, request, call.parameters, call.builtins)
+        counted = await model.engine.check(request)
+        if counted is not None:
+            return counted
+        return estimate_prompt_tokens(request)
+
     async def start(self, principal: Principal, call: Call) -> Started:
         events = self.stream(principal, call)
         try:
@@ -196,6 +218,14 @@ class Running:
 
     async def aclose(self) -> None:
         await self._admission.aclose()
+
+
+def estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """A prompt's tokens, estimated for an engine that cannot count them (see `count`)."""
+    text = sum(len(m.content.encode("utf-8", "replace")) for m in request.messages)
+    text += sum(len(c.arguments) + len(c.name) for m in request.messages for c in m.tool_calls)
+    text += sum(len(t.parameters) + len(t.description) + len(t.name) for t in request.tools)
+    return -(-text // 4) + _TEMPLATE_TOKENS * (len(request.messages) + len(request.tools))
 
 
 async def merge(

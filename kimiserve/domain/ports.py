@@ -219,6 +219,9 @@ class TaskStore(Protocol):
 
     async def get(self, task_uuid: str) -> TaskRow | None: ...
 
+    async def delete(self, task_uuid: str, account_id: str) -> bool:
+        """Remove an ended task of `account_id`; False if there is none (or it is another's)."""
+
     async def renew_lease(self) -> None:
         """Extend this replica's lease, and with it the lease of every task it is running."""
 

@@ -101,6 +101,10 @@ class GenerationRequest:
     thinking: ThinkingLevel = "none"
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    # Several tool calls in one turn allowed (OpenAI `parallel_tool_calls`, the default there, in
+    # vLLM and in Moonshot's API). False: a turn makes at most one call. A named `tool_choice`
+    # makes exactly one call either way.
+    parallel_tool_calls: bool = True
     prompt_cache_key: str | None = None
     # Prefix-cache namespace (the account id): an engine reuses a cached prompt prefix only for a
     # request of the same scope, so one account can never probe another's prompts by timing or
@@ -108,6 +112,9 @@ class GenerationRequest:
     cache_scope: str | None = None
     # Keep earlier assistant turns' reasoning in the prompt (otherwise it is dropped).
     keep_reasoning: bool = False
+    # An exact reasoning budget in tokens (Anthropic's `thinking.budget_tokens`), in place of
+    # THINKING_BUDGETS[thinking]; `thinking` still says whether, and roughly how much, to think.
+    thinking_budget: int | None = None
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -118,6 +125,15 @@ class GenerationRequest:
     def videos(self) -> tuple[str, ...]:
         """Every message's videos, in conversation order."""
         return tuple(v for m in self.messages for v in m.videos)
+
+
+def reasoning_budget(request: GenerationRequest) -> int:
+    """The reasoning tokens a request may use: its exact budget, else its level's (0: no thinking)."""
+    if request.thinking == "none":
+        return 0
+    if request.thinking_budget is not None:
+        return request.thinking_budget
+    return THINKING_BUDGETS[request.thinking]
 
 
 # ---- events -------------------------------------------------------------------------------

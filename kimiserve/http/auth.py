@@ -1,4 +1,5 @@
-"""Who is calling, from a Bearer header or a key the protocol found in the body."""
+"""Who is calling, from a Bearer header (or Anthropic's `x-api-key`, for the protocol that takes
+it) or a key the protocol found in the body."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def bearer_key(conn: HTTPConnection) -> str | None:
     return value.strip()
 
 
+def api_key_header(conn: HTTPConnection) -> str | None:
+    """Anthropic's `x-api-key` header (the Messages API's own way to send a key)."""
+    value = conn.headers.get("x-api-key", "").strip()
+    return value or None
+
+
 async def authenticate(services: Context, key: str | None) -> Principal:
     """The key's principal; in open mode a missing key means the default account."""
     if key is None and services.settings.open_mode:
@@ -28,12 +35,16 @@ async def authenticate(services: Context, key: str | None) -> Principal:
 PRINCIPAL_SCOPE_KEY = "kimiserve.principal"
 
 
-async def caller(services: Context, conn: HTTPConnection) -> Principal:
-    """Who is calling: the principal already in the scope, else the Bearer key's."""
+async def caller(services: Context, conn: HTTPConnection, *, x_api_key: bool = False) -> Principal:
+    """Who is calling: the principal already in the scope, else the Bearer key's (else, with
+    `x_api_key`, the `x-api-key` header's)."""
     given = conn.scope.get(PRINCIPAL_SCOPE_KEY)
     if isinstance(given, Principal):
         return given
-    return await authenticate(services, bearer_key(conn))
+    key = bearer_key(conn)
+    if key is None and x_api_key:
+        key = api_key_header(conn)
+    return await authenticate(services, key)
 
 
 def services_of(conn: HTTPConnection) -> Context:

@@ -106,19 +106,24 @@ class _Pump(Generic[T]):
         await self._source.aclose()  # type: ignore[attr-defined]
 
 
-def with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
-    """Yield the source's frames, and a comment line whenever it is silent for `interval_s`.
+def with_keepalive(
+    source: AsyncIterator[bytes], interval_s: float, keepalive: bytes = KEEPALIVE
+) -> AsyncIterator[bytes]:
+    """Yield the source's frames, and `keepalive` (a comment line unless the protocol has its own,
+    Anthropic's `ping` event) whenever it is silent for `interval_s`.
 
     One reader task and one timer per stream (re-armed when it fires, not per frame).
     Closing this generator closes the source (so a client disconnect cancels generation); so
     does a client that stops reading, once its response is cut (`http.stall`).
     """
-    stream = _with_keepalive(source, interval_s)
+    stream = _with_keepalive(source, interval_s, keepalive)
     close_on_cut(stream)
     return stream
 
 
-async def _with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> AsyncGenerator[bytes, None]:
+async def _with_keepalive(
+    source: AsyncIterator[bytes], interval_s: float, keepalive: bytes
+) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
     pump = _Pump(source)
     last = loop.time()  # when the client was last sent something
@@ -149,7 +154,7 @@ async def _with_keepalive(source: AsyncIterator[bytes], interval_s: float) -> As
             elif due:
                 due = False
                 last = loop.time()
-                yield KEEPALIVE
+                yield keepalive
     finally:
         timer.cancel()
         await pump.aclose()

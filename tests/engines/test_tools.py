@@ -133,7 +133,7 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
             failures.append(f"{name}: {turn.finish} {turn.calls} {turn.text!r}")
             continue
         call = turn.calls[0]
-        assert call.name == f"tool_{i}" and call.id.startswith("call_")
+        assert call.name == f"tool_{i}" and call.id == f"functions.tool_{i}:0"
         errors = [e.message for e in validator(SCHEMAS[name]).iter_errors(json.loads(call.arguments))]
         if errors:
             failures.append(f"{name}: {call.arguments} {errors}")
@@ -320,7 +320,7 @@ async def test_a_forced_call_cut_by_max_tokens_is_the_partial_call(
         assert turn.usage.completion_tokens == max_tokens
         assert turn.finish == "length" and not turn.text
         (call,) = turn.calls
-        assert call.name == "get_weather" and call.id.startswith("call_")
+        assert call.name == "get_weather" and call.id == "functions.get_weather:0"
         assert len(call.arguments) < max_tokens * 8
         if call.arguments:
             assert call.arguments.startswith("{")

@@ -49,6 +49,10 @@ def test_metrics_move_with_traffic(server: InProcess) -> None:
         "kimiserve_requests_total",
         frozenset({("protocol", "openai"), ("task_type", "chat.completion"), ("status", "success")}),
     )
+    responses = (
+        "kimiserve_requests_total",
+        frozenset({("protocol", "responses"), ("task_type", "response"), ("status", "success")}),
+    )
     before = samples(server)
     headers = {"Authorization": f"Bearer {server.key}"}
     for _ in range(3):
@@ -61,17 +65,45 @@ def test_metrics_move_with_traffic(server: InProcess) -> None:
     )
     body = {"model": "kimi-k2.6", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 3}
     assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+    for stream in (False, True):
+        response = {"model": "kimi-k2.6", "input": "a b", "max_output_tokens": 3, "stream": stream}
+        assert (
+            httpx.post(f"{server.base_url}/v1/responses", json=response, headers=headers).status_code == 200
+        )
     after = samples(server)
     assert after[ok] - before.get(ok, 0) == 3
     assert after[bad] - before.get(bad, 0) == 1
     assert after[chat] - before.get(chat, 0) == 1
+    assert after[responses] - before.get(responses, 0) == 2
     ttft = ("kimiserve_time_to_first_token_seconds_count", frozenset({("model", "kimi-k2.6")}))
-    assert after[ttft] - before.get(ttft, 0) == 4
+    assert after[ttft] - before.get(ttft, 0) == 6
     assert after[("kimiserve_reserved_credit_micros", frozenset())] == 0
     assert (
         "kimiserve_engine_sequences_in_flight",
         frozenset({("engine", "fake")}),
     ) not in after  # fake has none
+
+
+def test_metrics_count_the_messages_api(server: InProcess) -> None:
+    def key(operation: str, status: str) -> tuple[str, frozenset[tuple[str, str]]]:
+        labels = {("protocol", "anthropic"), ("task_type", operation), ("status", status)}
+        return ("kimiserve_requests_total", frozenset(labels))
+
+    before = samples(server)
+    headers = {"x-api-key": server.key}
+    body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 3}
+    assert httpx.post(f"{server.base_url}/v1/messages", json=body, headers=headers).status_code == 200
+    count = httpx.post(f"{server.base_url}/v1/messages/count_tokens", json=body, headers=headers)
+    assert count.status_code == 200 and count.json()["input_tokens"] > 0
+    bad = httpx.post(f"{server.base_url}/v1/messages", json={**body, "model": "gpt-4"}, headers=headers)
+    assert bad.status_code == 404 and bad.json()["error"]["type"] == "not_found_error"
+    after = samples(server)
+    for k in (
+        key("messages", "success"),
+        key("messages.count_tokens", "success"),
+        key("messages", "invalidModel"),
+    ):
+        assert after[k] - before.get(k, 0) == 1, k
 
 
 def test_openapi_document_is_valid_and_matches_the_routes(server: InProcess) -> None:

@@ -23,7 +23,9 @@ async def client(server: ServerProcess, api_key: str) -> AsyncIterator[AsyncOpen
 @pytest.mark.parametrize(
     ("path", "headers", "expected"),
     [
-        ("/v1/responses", {}, "openai"),
+        ("/v1/responses", {}, "responses"),
+        ("/v1/responses/resp_1/nope", {}, "responses"),
+        ("/v1/responsesx", {}, "openai"),
         ("/v1/embeddings", {}, "openai"),
         ("/v1/completions", {}, "openai"),
         ("/v1/chat/nope", {}, "openai"),
@@ -43,8 +45,8 @@ def test_protocol_of(path: str, headers: dict[str, str], expected: str) -> None:
 
 async def test_openai_sdk_unknown_endpoints_have_code_and_type(client: AsyncOpenAI) -> None:
     calls = [
-        client.responses.create(model=MODEL, input="hi"),
         client.embeddings.create(model=MODEL, input="hi"),
+        client.moderations.create(model=MODEL, input="hi"),
         client.completions.create(model=MODEL, prompt="hi", max_tokens=4),
     ]
     for call in calls:
@@ -89,3 +91,14 @@ def test_raw_runware_elsewhere(server: ServerProcess) -> None:
     assert reply.status_code == 404
     (item,) = reply.json()["errors"]
     assert item["code"] == "notFound"
+
+
+def test_raw_responses_subpath(server: ServerProcess, api_key: str) -> None:
+    reply = httpx.post(
+        f"{server.base_url}/v1/responses/resp_1/cancel",
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=30,
+    )
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] and "/v1/responses" in error["message"]

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from kimiserve.domain.types import Finished, TextDelta, Usage
 from tests.inprocess import InProcess
 from tests.platform.support import AdminClient, assert_ledger_consistent, serving_with_admin_key, text_task
+from tests.protocols.openai.support import usage_rows
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +181,75 @@ async def test_usage_beyond_the_hold_is_charged_the_hold(server: InProcess, admi
     assert settled["amount_micros"] == -hold
     assert account["usage"]["prompt_tokens"] == 1_000_000 and account["usage"]["cost_micros"] == hold
     assert_ledger_consistent(account)
+
+
+async def test_anthropic_message_is_held_settled_and_recorded(server: InProcess, admin: AdminClient) -> None:
+    """A Messages request (issue 19) goes through the same hold → settle → usage row as a chat
+    completion, its row marked `anthropic`; a stream likewise, and a refused one charges nothing."""
+    key = await admin.account_with_key("anthropic", micros=5_000_000)
+    ask: Any = [{"role": "user", "content": "a b c d"}]
+    async with AsyncAnthropic(base_url=server.base_url, api_key=key, max_retries=0) as client:
+        reply = await client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=ask)
+        async with client.messages.stream(model="kimi-k2.6", max_tokens=8, messages=ask) as stream:
+            streamed = await stream.get_final_message()
+    account = await admin.show("anthropic")
+    assert_ledger_consistent(account)
+    kinds = [e["kind"] for e in account["ledger"]]
+    assert kinds == ["topup", "reservation", "settlement", "reservation", "settlement"]
+    holds = [e for e in account["ledger"] if e["kind"] == "reservation"]
+    assert {e["request_id"] for e in holds} == {reply.id, streamed.id}
+    mine = [row for rid in (reply.id, streamed.id) for row in usage_rows(server.data_dir, rid)]
+    assert [r["protocol"] for r in mine] == ["anthropic", "anthropic"]
+    assert sum(r["cost_micros"] for r in mine) == 5_000_000 - account["balance_micros"] > 0
+    assert [r["completion_tokens"] for r in mine] == [reply.usage.output_tokens, streamed.usage.output_tokens]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_response_is_held_settled_and_recorded(
+    server: InProcess, admin: AdminClient, stream: bool
+) -> None:
+    """POST /v1/responses (issue 19) on the same money rules: one hold, one settlement of the
+    usage it reports, one usage row under the response's id with protocol `responses`."""
+    name = f"responses-{'stream' if stream else 'create'}"
+    key = await admin.account_with_key(name, micros=5_000_000)
+    async with AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0) as client:
+        if stream:
+            async with client.responses.stream(model="kimi-k2.6", input="a b c", max_output_tokens=8) as s:
+                reply = await s.get_final_response()
+        else:
+            reply = await client.responses.create(model="kimi-k2.6", input="a b c", max_output_tokens=8)
+    account = await admin.show(name)
+    assert_ledger_consistent(account)
+    assert [e["kind"] for e in account["ledger"]] == ["topup", "reservation", "settlement"]
+    [held] = [e for e in account["ledger"] if e["kind"] == "reservation"]
+    [settled] = [e for e in account["ledger"] if e["kind"] == "settlement"]
+    assert held["request_id"] == settled["request_id"] == reply.id
+    assert 0 < -settled["amount_micros"] <= held["hold_micros"]
+    [row] = usage_rows(server.data_dir, reply.id)
+    assert row["protocol"] == "responses" and row["cost_micros"] == -settled["amount_micros"]
+    assert reply.usage is not None
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        reply.usage.input_tokens,
+        reply.usage.output_tokens,
+    )
+
+
+async def test_a_response_stream_left_early_pays_for_what_it_got(
+    server: InProcess, admin: AdminClient
+) -> None:
+    key = await admin.account_with_key("responses-left", micros=5_000_000)
+    server.engine.delay_s = 0.02
+    words = " ".join(f"w{i}" for i in range(60))
+    async with AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0) as client:
+        stream = await client.responses.create(model="kimi-k2.6", input=words, stream=True)
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+        await stream.close()
+    assert await server.engine.all_closed()
+    deadline = time.monotonic() + 5
+    while (account := await admin.show("responses-left"))["reserved_micros"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert_ledger_consistent(account)
+    assert account["usage"]["generations"] == 1
+    assert 0 < account["usage"]["completion_tokens"] < 61  # less than the whole echo

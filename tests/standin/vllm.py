@@ -7,15 +7,23 @@ What it answers depends on the request, so tests can steer it:
 - tools declared and the last message is a user message → one tool call, as vLLM's kimi_k2
   parser streams it (`functions.{name}:{idx}` id, arguments split over deltas);
   `#badtool` in it → arguments that break the schema (the first time per conversation, or
-  always with `#badtool-always`);
+  always with `#badtool-always`); `#parallel` in it → a second call in the same turn (of the
+  last tool declared, `{"city": "Shanghai"}`), streamed as vLLM streams several: each call's
+  deltas under its own `index` (0, 1), its id and name in its first delta;
 - `#error400` → vLLM's 400 error body naming `param`; `#error500` → a 500; `#die` → the process
   exits mid-stream; `#slow` → 50 ms between chunks; `#reason-N` → N reasoning chunks (one token
   each) instead of three;
+- `#notool` → a plain echoed answer even with tools declared; `#agent-call-NAME {json}` → one
+  call of the declared tool NAME with that JSON object as arguments (an agent's own tools, e.g. Claude
+  Code's `Bash`), and once its result comes back, an answer echoing the result's text;
 - `continue_final_message` with a final assistant message continues it, as the engine named by
   `--engine` does (README: vLLM renders the message through the chat template, its `reasoning`
   kept when `preserve_thinking` or thinking is on, and parses all output as content when
   thinking is off; SGLang appends the content after the generation prompt and parses the output
   as content when that content holds `</think>`); the answer echoes the last *user* message;
+- `#call:NAME {json}` in the last user message → one call of the tool NAME with those arguments
+  (an agent's tool, whatever its schema), and once its result is the last message, the answer
+  `tool said: <the result>` (no second call); `#notool` → the echo even with tools declared;
 - `stream_options.continuous_usage_stats` → a running `usage` in every chunk, as vLLM sends it;
 - K2.6's own mistakes (README: the issue each replays), marker anywhere in the conversation:
   `#empty-answer` / `#reasoning-only` → reasoning, then no content and no call, `stop` (the first
@@ -226,6 +234,28 @@ class Standin:
                 reasoning_tokens += 1
         tools = body.get("tools") or []
         finish = "stop"
+        scripted = scripted_call(messages)  # `#call:NAME {json}` or `#agent-call-NAME {json}`
+        if scripted is not None and last.get("role") == "tool":  # the scripted call's result: say it
+            marker = scripted[0]
+            text, tools = ("tool said: " + text_of(last) if marker == "#call:" else text), []
+        if "#notool" in text:
+            tools = []
+        if scripted is not None and last.get("role") == "user" and tools:
+            marker, name, arguments = scripted
+            if marker == "#call:":
+                call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "index": 0}
+                yield chunk({"tool_calls": [{**call, "function": {"name": name, "arguments": ""}}]}, tokens=2)
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}, tokens=4)
+            else:
+                index = sum(len(m.get("tool_calls") or []) for m in messages)
+                call = {"id": f"functions.{name}:{index}", "type": "function", "index": 0}
+                yield chunk(
+                    {"tool_calls": [{**call, "function": {"name": name, "arguments": arguments}}]}, tokens=6
+                )
+            produced += 6
+            finish = "tool_calls"
+            text = ""
+            tools = []
         fault = next((f for f in FAULTS if f in history), None)
         if fault in ("#empty-answer", "#reasoning-only") and (
             f"{fault}-always" in history or not (continuing or asked_before)
@@ -281,23 +311,27 @@ class Standin:
                 and not any(m.get("role") == "tool" for m in messages)
             )
             args = ['{"city": ', "42}"] if bad else ['{"city": ', '"Beijing"}']
-            yield chunk(
-                {
-                    "tool_calls": [
-                        {
-                            "id": f"functions.{name}:{index}",
-                            "type": "function",
-                            "index": 0,
-                            "function": {"name": name, "arguments": ""},
-                        }
-                    ]
-                },
-                tokens=2,
-            )
-            for part in args:
-                await asyncio.sleep(delay)
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, tokens=2)
-            produced += 6
+            calls = [(name, args)]
+            if "#parallel" in text:  # a second call in the same turn, of the last tool declared
+                calls.append((tools[-1]["function"]["name"], ['{"city": ', '"Shanghai"}']))
+            for n, (call_name, call_args) in enumerate(calls):
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "id": f"functions.{call_name}:{index + n}",
+                                "type": "function",
+                                "index": n,
+                                "function": {"name": call_name, "arguments": ""},
+                            }
+                        ]
+                    },
+                    tokens=2,
+                )
+                for part in call_args:
+                    await asyncio.sleep(delay)
+                    yield chunk({"tool_calls": [{"index": n, "function": {"arguments": part}}]}, tokens=2)
+                produced += 6
             finish = "tool_calls"
         elif tools and last.get("role") == "tool":
             # a re-ask (or a tool result): call again, now with valid arguments unless told otherwise
@@ -372,6 +406,22 @@ def raw_section(call_id: str, arguments: str) -> str:
         f"<|tool_calls_section_begin|><|tool_call_begin|>{call_id}<|tool_call_argument_begin|>"
         f"{arguments}<|tool_call_end|><|tool_calls_section_end|>"
     )
+
+
+def scripted_call(messages: list[dict[str, Any]]) -> tuple[str, str, str] | None:
+    """A scripted call in the last user message: `#call:NAME {json}` (arguments streamed in two
+    fragments under a `call_…` id, as OpenAI-style servers do) or `#agent-call-NAME {json}` (one
+    fragment under Kimi's `functions.NAME:idx` id); (marker, NAME, the arguments' JSON text)."""
+    user = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    for marker in ("#call:", "#agent-call-"):
+        at = user.find(marker)
+        if at < 0:
+            continue
+        name, _, tail = user[at + len(marker) :].partition(" ")
+        tail = tail.lstrip()
+        arguments = json.JSONDecoder().raw_decode(tail)[0] if tail.startswith("{") else {}
+        return marker, name, json.dumps(arguments)
+    return None
 
 
 def last_reasoning(messages: list[dict[str, Any]]) -> str:

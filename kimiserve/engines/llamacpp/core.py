@@ -17,7 +17,7 @@ import logging
 
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from kimiserve.domain.types import THINKING_BUDGETS, Constraint, Finished, GenerationRequest, Usage
+from kimiserve.domain.types import Constraint, Finished, GenerationRequest, Usage, reasoning_budget
 from kimiserve.engines.llamacpp import toolcalls
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.grammar import Grammar, GrammarCache
@@ -55,6 +55,9 @@ class Core:
             )
             self._think_close = tuple(self.model.tokenize(toolcalls.THINK_CLOSE))
             self._call_open = tuple(self.model.tokenize(toolcalls.CALL_OPEN))
+            self._call_close = tuple(self.model.tokenize(toolcalls.CALL_CLOSE))
+            self._next_call = tuple(self.model.tokenize(toolcalls.CALLS_APART + toolcalls.CALL_OPEN))
+            self._eog = tuple(sorted(self.model.eog_tokens))
             self.scheduler = Scheduler(self.model, config, emit)
             self.scheduler.start()
             self._cancelled_early: set[int] = set()  # cancelled before their submit was handled
@@ -157,12 +160,13 @@ class Core:
 
     def _turn(self, request: GenerationRequest, sampler: SamplerChain, prompt_tokens: int) -> Turn:
         offered = toolcalls.calls_offered(request)
-        # Reasoning gets the level's budget, but at most half of what the turn can still write
+        # Reasoning gets the request's budget (its level's, or an exact one), but at most half of
+        # what the turn can still write
         # (max_tokens, the context left), so the answer always has room.
         room = self.model.n_ctx_seq - prompt_tokens
         if request.sampling.max_tokens is not None:
             room = min(room, request.sampling.max_tokens)
-        budget = min(THINKING_BUDGETS[request.thinking], room // 2)
+        budget = min(reasoning_budget(request), room // 2)
         forced = toolcalls.call_forced(request)
         return Turn(
             sampler=sampler,
@@ -174,6 +178,11 @@ class Core:
             tools=offered,
             forced_call=self._call_open if forced else None,
             lazy_call=bool(offered) and not forced and request.constraint is None,
+            max_calls=toolcalls.max_calls(request),
+            first_index=toolcalls.calls_before(request),
+            call_close=self._call_close,
+            next_call=self._next_call,
+            eog=self._eog,
         )
 
     def cancel(self, job_id: int) -> None:

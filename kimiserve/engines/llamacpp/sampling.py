@@ -79,6 +79,7 @@ class SamplerChain:
         self.handle: llama.llama_sampler_p | None = llama.llama_sampler_chain_init(params)
         self._model = model
         self._eog = model.eog_tokens
+        self._grammar = grammar
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
         self._may_close = may_close
@@ -117,6 +118,19 @@ class SamplerChain:
             piece = self._model.piece(token)
             self.tail.feed(piece)
             self._json += piece
+
+    def restart(self) -> None:
+        """The grammar from its start again, for another tool call in the same turn; it applies
+        from the next activate() on."""
+        grammar = self._grammar
+        if grammar is None:
+            return
+        self.matcher = grammar.matcher()
+        self.tail = JsonTail() if grammar.json else None
+        self._json = bytearray()
+        self.closing = False
+        self.closing_valid = True
+        self.active = False
 
     def accept_forced(self, token: int) -> None:
         """A token the engine wrote itself (not sampled): the chain's history sees it."""

@@ -261,11 +261,17 @@ class Scheduler:
             sampler.accept_forced(token)
             self._accept(slot, token)
         elif not sampler.constrained:
-            if job.turn.answer_pending:  # after a reasoning section: the answer may not be empty
+            choices = job.turn.choices
+            if job.turn.answer_pending or choices:
                 row = np.ctypeslib.as_array(
                     llama.llama_get_logits_ith(self._ctx, index), shape=(self._model.n_vocab,)
                 )
-                row[self._eog] = -np.inf
+                if choices:  # between two tool calls: end the turn or open the next call
+                    kept = row[list(choices)].copy()
+                    row[:] = -np.inf
+                    row[list(choices)] = kept
+                else:  # after a reasoning section: the answer may not be empty
+                    row[self._eog] = -np.inf
             self._accept(slot, slot.sampler_sample(self._ctx, index))
         else:
             row = np.ctypeslib.as_array(

@@ -4,7 +4,9 @@ SmolLM2 has no native tool format, so the engine defines one (Hermes/Qwen style)
 
 - The tools are listed in a system message (appended to the request's own system message, or a
   new one first): one compact JSON line per tool inside `<tools></tools>`, and the call format.
-- A call is `<tool_call>{"name":"NAME","arguments":{...}}</tool_call>`. Generated calls are
+- A call is `<tool_call>{"name":"NAME","arguments":{...}}</tool_call>`; several calls in one turn
+  are such blocks one per line (`max_calls`: one under `parallel_tool_calls: false` or a named
+  choice). Generated calls are
   written under an llguidance Lark grammar with one alternative per tool: the literal
   `{"name":"NAME","arguments":` followed by `%json{<the tool's schema>}` and `}`, so the name is
   one of the tools and the arguments validate against that tool's schema. Each schema is its own
@@ -28,6 +30,9 @@ from kimiserve.errors import InvalidRequest
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
+CALLS_APART = "\n"  # between two calls of one turn: `</tool_call>\n<tool_call>`
+# At most this many calls in one turn: a small model may otherwise repeat a call until max_tokens.
+MAX_CALLS = 16
 THINK_OPEN = "<think>\n"
 THINK_END = "</think>"
 THINK_CLOSE = "\n</think>\n\n"
@@ -58,6 +63,24 @@ def call_forced(request: GenerationRequest) -> bool:
     return bool(request.tools) and request.tool_choice.mode in ("required", "named")
 
 
+def max_calls(request: GenerationRequest) -> int:
+    """How many calls one turn may make: one under `parallel_tool_calls: false` or a named
+    choice (OpenAI: a named function is called exactly once), else up to MAX_CALLS."""
+    if not request.parallel_tool_calls or request.tool_choice.mode == "named":
+        return 1
+    return MAX_CALLS
+
+
+def calls_before(request: GenerationRequest) -> int:
+    """The calls in the conversation's history: the index this turn's first call gets."""
+    return sum(len(m.tool_calls) for m in request.messages)
+
+
+def call_id(name: str, index: int) -> str:
+    """Kimi's id of the conversation's `index`-th call (MoonshotAI/Kimi-K2 tool_call_guidance)."""
+    return f"functions.{name}:{index}"
+
+
 def prompt_messages(request: GenerationRequest) -> tuple[Message, ...]:
     """The request's messages in the form the model's chat template renders (see module doc)."""
     out: list[Message] = []
@@ -66,8 +89,7 @@ def prompt_messages(request: GenerationRequest) -> tuple[Message, ...]:
             text = m.content
             if request.keep_reasoning and m.reasoning:
                 text = f"{THINK_OPEN}{m.reasoning}{THINK_CLOSE}{text}"
-            for call in m.tool_calls:
-                text += CALL_OPEN + _call_json(call) + CALL_CLOSE
+            text += CALLS_APART.join(CALL_OPEN + _call_json(c) + CALL_CLOSE for c in m.tool_calls)
             out.append(Message(role="assistant", content=text))
         elif m.role == "tool":
             out.append(Message(role="user", content=f"<tool_response>\n{m.content}\n</tool_response>"))

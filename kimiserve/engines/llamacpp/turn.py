@@ -6,26 +6,35 @@ tokens the engine writes itself instead of sampling (`forced`):
 - THINK (thinking level != none; the prompt ends with `<think>\\n`): text is reasoning
   (`ReasoningDelta`) until the model writes `</think>`, or until the budget is nearly spent: then
   the engine writes `\\n</think>\\n\\n` itself, so reasoning (closing included) never exceeds
-  `THINKING_BUDGETS[level]`. An end-of-generation token in the section is replaced by the same
-  closing, and end-of-generation is banned until the answer has some text (the answer still
-  comes). `reasoning_tokens` counts the section's tokens.
+  the request's budget (`reasoning_budget`: an exact one, else `THINKING_BUDGETS[level]`). An
+  end-of-generation token in the section is replaced by the same closing, and end-of-generation
+  is banned until the answer has some text (the answer still comes). `reasoning_tokens` counts
+  the section's tokens.
 - ANSWER: text (`TextDelta`, user stop strings apply). With tools under `auto`, `<tool_call>` is
   watched like a stop string: when the model writes it, the call grammar starts there (a lazy
   grammar, as llama.cpp's trigger words). Under `required`/named the engine writes `<tool_call>`
   itself and the grammar applies at once. A request constraint (JSON schema/grammar) applies
   from the first answer token.
-- CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete the
-  sequence ends with a `ToolCallEvent` and `Finished("tool_calls")`. A body cut by `max_tokens`
-  is not closed: it is reported as the partial call, arguments as cut (maybe not JSON), with
-  `Finished("length")`, as OpenAI does; so is a forced call cut inside its marker or name when
-  only one tool can be meant (`toolcalls.partial_call`).
+- CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete its
+  `ToolCallEvent` is emitted at once, with the id `functions.{name}:{idx}` (`idx` counts the
+  conversation's calls, as Kimi numbers them: the history's first, then this turn's). A body cut
+  by `max_tokens` is not closed: it is reported as the partial call, arguments as cut (maybe not
+  JSON), and the turn ends with `length`, as OpenAI does; so is a forced call cut inside its
+  marker or name when only one tool can be meant (`toolcalls.partial_call`).
+- NEXT (after a complete call, while the turn may make more: `max_calls`): the engine writes
+  `</tool_call>`, the grammar is restarted for a new call, and the model chooses between
+  end-of-generation (the turn ends, `Finished("tool_calls")`) and `\n` (`choices`: only those
+  tokens can be sampled), after which the engine writes `<tool_call>` and the next body follows
+  under the grammar. With `max_calls` reached the turn ends after the body. A call identical to
+  one the turn already made (same name and arguments) ends the turn and is not reported: the
+  small model, asked for two calls, otherwise repeats them until `max_tokens`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from kimiserve.domain.types import (
     FinishReason,
@@ -37,9 +46,9 @@ from kimiserve.domain.types import (
 from kimiserve.engines.llamacpp.job import Item
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.stops import TextStream
-from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, parse_call, partial_call
+from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, call_id, parse_call, partial_call
 
-THINK, CLOSING, ANSWER, CALL = range(4)
+THINK, CLOSING, ANSWER, CALL, NEXT = range(5)
 
 
 class Turn:
@@ -55,6 +64,11 @@ class Turn:
         tools: tuple[ToolSpec, ...] = (),
         forced_call: tuple[int, ...] | None = None,
         lazy_call: bool = False,
+        max_calls: int = 1,
+        first_index: int = 0,
+        call_close: tuple[int, ...] = (),
+        next_call: tuple[int, ...] = (),
+        eog: tuple[int, ...] = (),
     ) -> None:
         self._sampler = sampler
         self._piece = piece
@@ -64,6 +78,16 @@ class Turn:
         self._tools = tools
         self._forced_call = forced_call  # the marker's tokens, written by the engine
         self._lazy_call = lazy_call
+        # Several calls: `</tool_call>` (call_close), then EOG or `\n<tool_call>` (next_call)
+        self._max_calls = max_calls if call_close and next_call else 1
+        self._first_index = first_index  # the conversation's calls before this turn
+        self._call_close = call_close
+        self._next_call = next_call
+        self._eog = eog
+        self.calls = 0  # complete calls so far in this turn
+        self._made: set[tuple[str, str]] = set()  # (name, arguments) of this turn's calls
+        self.choices: tuple[int, ...] = ()  # non-empty: the only tokens the next sample may be
+        self._chosen = False  # NEXT: the model chose another call
         self._think = TextStream((THINK_END,))
         self._text = TextStream(stops + ((CALL_OPEN,) if lazy_call else ()))
         self._closing = False
@@ -120,8 +144,9 @@ class Turn:
         if self.phase == CALL:
             self._call += piece
             tail = self._sampler.tail  # a call's JSON is never closed by the engine (`jsonclose.py`)
-            self.call_done = tail is not None and tail.done
-            return []
+            return self._end_call() if tail is not None and tail.done else []
+        if self.phase == NEXT:
+            return self._next()
         if self._marker_left > 0:
             self._marker_left -= 1
             if self._marker_left == 0:
@@ -144,27 +169,69 @@ class Turn:
             self._lead = not text
         return [TextDelta(text)] if text else []
 
+    def _end_call(self) -> list[Item]:
+        """A body is complete: its call, then the end of the turn or the way to another call."""
+        call = parse_call(self._call.decode("utf-8", errors="replace"), self._tools, "")
+        self._call.clear()
+        if call is None:  # not a call of the tools (the grammar makes this unreachable)
+            self.call_done = True
+            return []
+        if (call.name, call.arguments) in self._made:  # a repeat ends the turn, unreported
+            self.call_done = True
+            return []
+        self._made.add((call.name, call.arguments))
+        call = replace(call, id=call_id(call.name, self._first_index + self.calls))
+        self.calls += 1
+        if self.calls >= self._max_calls or self._sampler.closing:
+            self.call_done = True  # the scheduler ends the turn: `tool_calls`
+        else:
+            self.phase = NEXT
+            self._chosen = False
+            self._sampler.restart()
+            self.forced.extend(self._call_close)
+            self._marker_left = len(self._call_close)
+        return [ToolCallEvent(call)]
+
+    def _next(self) -> list[Item]:
+        """Between calls: the engine's `</tool_call>`, the model's choice, the engine's
+        `\n<tool_call>` (its first token the model's), then the next body."""
+        if self._marker_left > 0:  # a token the engine wrote
+            self._marker_left -= 1
+            if self._marker_left > 0:
+                return []
+            if not self._chosen:  # `</tool_call>` written: the model chooses
+                self.choices = (self._next_call[0], *self._eog)
+                return []
+        elif not self._chosen:  # the model chose the next call (end-of-generation never gets here)
+            self._chosen = True
+            self.choices = ()
+            rest = self._next_call[1:]
+            self.forced.extend(rest)
+            self._marker_left = len(rest)
+            if rest:
+                return []
+        self.phase = CALL
+        self._sampler.activate([])
+        return []
+
     def finish(self, reason: FinishReason) -> tuple[list[Item], FinishReason]:
         """The items that end the turn, and its finish reason."""
         if self.phase == THINK:
             text = self._think.flush()
             return ([ReasoningDelta(text)] if text else []), reason
         if self.phase == ANSWER and self._marker_left > 0 and reason == "length":
-            cut = partial_call("", self._tools, _call_id())  # a forced call cut inside its marker
-            return ([ToolCallEvent(cut)] if cut is not None else []), reason
+            return self._cut_call(""), reason  # a forced call cut inside its marker
         if self.phase == ANSWER:
             return self._answer(self._text.flush()), reason
-        if self.phase == CALL:
-            body = self._call.decode("utf-8", errors="replace")
-            call = parse_call(body, self._tools, _call_id()) if self.call_done else None
-            if call is not None:
-                return [ToolCallEvent(call)], "tool_calls"
-            if reason == "length":
-                cut = partial_call(body, self._tools, _call_id())
-                if cut is not None:
-                    return [ToolCallEvent(cut)], reason
+        if self.calls and (self.call_done or self.phase == NEXT):
+            return [], "tool_calls"
+        if self.phase == CALL and reason == "length":
+            return self._cut_call(self._call.decode("utf-8", errors="replace")), reason
         return [], reason
 
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+    def _cut_call(self, body: str) -> list[Item]:
+        """The call a body cut by max_tokens began (none when its tool cannot be told)."""
+        cut = partial_call(body, self._tools, "")
+        if cut is None:
+            return []
+        return [ToolCallEvent(replace(cut, id=call_id(cut.name, self._first_index + self.calls)))]

@@ -1,13 +1,14 @@
 """Budget forcing over the wire: a thinking level's reasoning budget, enforced on an upstream that
 cannot bound reasoning itself.
 
-Kimi K2.6 has only thinking on/off (`chat_template_kwargs.thinking`); Runware's levels and
-OpenAI's `reasoning_effort` map to `THINKING_BUDGETS` (low 256, medium 1024, high 4096, xhigh
-16384 tokens). For the `vllm` and `sglang` dialects the engine (engine.py) watches the reasoning
-as it streams; when it reaches the budget before any answer, the upstream stream is closed (vLLM
-and SGLang abort a request whose client went away) and the answer is asked for by a second
-streamed request: the same body plus a final assistant message holding the reasoning so far,
-closed, which the upstream continues. The client sees one answer: the reasoning, cut at the
+Kimi K2.6 has only thinking on/off (`chat_template_kwargs.thinking`); Runware's levels and OpenAI's
+`reasoning_effort` map to `THINKING_BUDGETS` (low 256, medium 1024, high 4096, xhigh 16384 tokens),
+and Anthropic's `thinking.budget_tokens` is taken exactly (`GenerationRequest.thinking_budget`,
+`reasoning_budget`). For the `vllm` and `sglang` dialects the engine (engine.py) watches the
+reasoning as it streams; when it reaches the budget before any answer, the upstream stream is closed
+(vLLM and SGLang abort a request whose client went away) and the answer is asked for by a second
+streamed request: the same body plus a final assistant message holding the reasoning so far, closed,
+which the upstream continues. The client sees one answer: the reasoning, cut at the
 budget, then the content. A level whose budget is not reached costs one request, as before.
 
 Counting: the first request asks for `stream_options.continuous_usage_stats` (vLLM and SGLang
@@ -65,12 +66,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimiserve.domain.types import (
-    THINKING_BUDGETS,
     Event,
     GenerationRequest,
     ReasoningDelta,
     TextDelta,
     Usage,
+)
+from kimiserve.domain.types import (
+    reasoning_budget as request_budget,
 )
 from kimiserve.engines.openai_compat.config import Dialect
 from kimiserve.engines.openai_compat.stream import ChunkReader
@@ -83,7 +86,7 @@ def reasoning_budget(request: GenerationRequest, dialect: Dialect) -> int | None
     """The reasoning tokens the request may use, when kimiserve enforces them; None otherwise."""
     if dialect not in FORCED or request.thinking == "none":
         return None
-    return THINKING_BUDGETS[request.thinking]
+    return request_budget(request)
 
 
 def with_running_usage(body: dict[str, Any]) -> dict[str, Any]:

@@ -149,7 +149,9 @@ class UpstreamEngine:
             second = ChunkReader()
             async for _ in self._stream(self._reask_body(body, bad, ids), second):
                 pass  # the text of a re-ask is not part of the answer: only its calls are taken
-            calls = self._answer_calls(second, request, ids)
+            # The turn's valid calls stand; the re-ask's calls take the invalid ones' place.
+            valid = [c for c in calls if all(c is not b for b, _ in bad)]
+            retried = self._answer_calls(second, request, ids)
             retry = second.usage or Usage(0, second.produced)
             usage = Usage(
                 usage.prompt_tokens + retry.prompt_tokens,
@@ -157,12 +159,13 @@ class UpstreamEngine:
                 usage.cached_tokens + retry.cached_tokens,
                 usage.reasoning_tokens + retry.reasoning_tokens,
             )
-            still = [(c, p) for c in calls if (p := tools.problem(c, request.tools)) is not None]
-            if still or not calls:
+            still = [(c, p) for c in retried if (p := tools.problem(c, request.tools)) is not None]
+            if still or not retried:
                 problem = still[0][1] if still else "the model made no call when asked again"
                 raise EngineError(
                     f"The model's tool call was invalid twice: {problem}.", code="invalidToolCall"
                 )
+            calls = valid + retried
         for call in calls:
             yield ToolCallEvent(call)
         yield usage
@@ -204,7 +207,22 @@ class UpstreamEngine:
         if leaked:
             self._count("tool_markers")
             calls += [ToolCall(r.id, repairs.name_of(r, request.tools), r.arguments or "{}") for r in leaked]
-        return self._client_ids(calls, ids)
+        return self._one_unless_parallel(self._client_ids(calls, ids), request)
+
+    def _one_unless_parallel(self, calls: list[ToolCall], request: GenerationRequest) -> list[ToolCall]:
+        """Under `parallel_tool_calls: false` or a named `tool_choice`, the first call only (as
+        vLLM filters them): an upstream that ignores the field may still make several. The rest
+        are dropped before validation, logged and counted (repairs kind `extra_tool_calls`)."""
+        several = request.parallel_tool_calls and request.tool_choice.mode != "named"
+        if several or len(calls) <= 1:
+            return calls
+        self.repairs["extra_tool_calls"] += len(calls) - 1
+        log.info(
+            "upstream %s made %d tool calls where one was asked for; kept the first",
+            self.config.label,
+            len(calls),
+        )
+        return calls[:1]
 
     async def _within_budget(
         self, body: dict[str, Any], forcing: budget.Forcing

@@ -22,6 +22,9 @@ repairs`, scraped as `kimiserve_repairs_total{kind, engine}`). The kinds:
 - `split_tool_calls`: several calls merged into one, their arguments one JSON object after another
   (vllm issue 24478: parallel calls' deltas under one `index`): split, each then validated against
   its tool's schema on its own (tools.py), as every call is.
+- `extra_tool_calls`: calls past the first where one was asked for (`parallel_tool_calls: false`,
+  a named `tool_choice`) from an upstream that made several anyway: dropped, counted per call
+  (engine.py `_one_unless_parallel`; vLLM itself keeps only the first).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ The Kimi quirks live here, not in a protocol module:
   `thinking: {"type": "enabled" | "disabled"}` (Moonshot's API);
 - tool-call ids in history renamed `functions.{name}:{idx}` (Moonshot's K2 Vendor Verifier: ids of
   another shape break the chat template's parsing), tool results renamed with them;
+- `parallel_tool_calls` sent to vLLM, SGLang and plain OpenAI-compatible servers (their
+  chat-completions request takes it; vLLM keeps only the first call when it is false); not to
+  Moonshot's API, not known here to take it (the engine holds a turn to one call either way);
 - `cache_salt` (vLLM) = the request's cache scope, so one account's prefix cache is never
   another's; `prompt_cache_key` forwarded;
 - an assistant turn's reasoning (`Message.reasoning`): with `keep_reasoning`, sent back as
@@ -169,6 +172,8 @@ def build_body(request: GenerationRequest, config: UpstreamConfig) -> tuple[dict
     if request.tools:
         body["tools"] = _tools(request)
         body["tool_choice"] = _tool_choice(request)
+        if dialect != "moonshot":
+            body["parallel_tool_calls"] = request.parallel_tool_calls
     thinking = request.thinking != "none"
     if dialect in ("vllm", "sglang"):
         body["chat_template_kwargs"] = {"thinking": thinking}

@@ -125,8 +125,7 @@ class ChatCompletionRequest(_Open):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    # Accepted, not passed on: the canonical request has no such field, so an engine calls tools
-    # the way it does by default (vLLM and Moonshot: several calls in one turn allowed).
+    # None or true: several calls in one turn allowed (GenerationRequest.parallel_tool_calls).
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)

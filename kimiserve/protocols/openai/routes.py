@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,44 +12,12 @@ from kimiserve.domain.principal import authorize
 from kimiserve.errors import KimiserveError
 from kimiserve.http.auth import authenticate, bearer_key, caller, services_of
 from kimiserve.http.body import read_json
+from kimiserve.http.disconnect import CLIENT_CLOSED, ClientDisconnected, unless_disconnected
 from kimiserve.http.encoding import SafeJSONResponse as JSONResponse
 from kimiserve.http.request_id import request_id_of
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import error_response
 from kimiserve.protocols.openai.stream import PROTOCOL, open_stream, rate_limit_headers
-
-T = TypeVar("T")
-
-CLIENT_CLOSED = 499
-
-
-class ClientDisconnected(Exception):
-    """The client left before a non-streamed reply was ready."""
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work` in this task, cancelled if the client disconnects first (the body is already
-    read): one watcher task beside it, not a task for the work too."""
-    this = asyncio.current_task()
-    assert this is not None
-    left = False
-
-    async def watch() -> None:
-        nonlocal left
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        left = True
-        this.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if left and this.uncancel() == 0:  # our own cancellation, not one from outside
-            raise ClientDisconnected from None
-        raise
-    finally:
-        watcher.cancel()
 
 
 async def chat_completions(request: Request) -> Response:
@@ -74,7 +39,7 @@ async def chat_completions(request: Request) -> Response:
             started = await services.inference.start(principal, call)
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return await open_stream(services, started, reply, include_usage=include_usage, names=names)
-        done = await _unless_disconnected(request, services.inference.complete(principal, call))
+        done = await unless_disconnected(request, services.inference.complete(principal, call))
     except ClientDisconnected:
         services.metrics.request(PROTOCOL, "chat.completion", "clientDisconnected")
         return Response(status_code=CLIENT_CLOSED)

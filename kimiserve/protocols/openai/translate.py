@@ -269,6 +269,7 @@ def to_generation_request(chat: ChatCompletionRequest) -> GenerationRequest:
         thinking=thinking,
         tools=tools,
         tool_choice=tool_choice,
+        parallel_tool_calls=chat.parallel_tool_calls is not False,
         prompt_cache_key=chat.prompt_cache_key,
         # Seed 004: `keep: "all"` preserves earlier turns' reasoning_content; without it, dropped.
         keep_reasoning=chat.thinking is not None and chat.thinking.keep == "all",

@@ -160,6 +160,8 @@ def to_generation_request(
         thinking=settings.thinkingLevel,
         tools=_tools(task),
         tool_choice=_tool_choice(task.toolChoice),
+        # No seed field says how many calls a turn may make: `parallel_tool_calls` keeps its
+        # default (several), and `tools` in the result lists each of them.
         prompt_cache_key=settings.promptCacheKey,
     )
 

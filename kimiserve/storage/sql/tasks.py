@@ -105,6 +105,18 @@ class SqlTaskStore:
             row = (await conn.execute(tasks.select().where(tasks.c.task_uuid == task_uuid))).first()
         return _row(row) if row is not None else None
 
+    async def delete(self, task_uuid: str, account_id: str) -> bool:
+        """Remove an ended task of `account_id`; False if there is none (or it is another's)."""
+        async with self._writing(), self._db.begin() as conn:
+            result = await conn.execute(
+                tasks.delete().where(
+                    tasks.c.task_uuid == task_uuid,
+                    tasks.c.account_id == account_id,
+                    tasks.c.status != "processing",
+                )
+            )
+        return bool(result.rowcount)
+
     async def renew_lease(self) -> None:
         now = time.time()
         expires = now + self.lease_s
