@@ -19,6 +19,7 @@ from kimiserve.errors import KimiserveError
 from kimiserve.http import admin
 from kimiserve.http.encoding import SafeJSONResponse
 from kimiserve.http.metrics import CONTENT_TYPE
+from kimiserve.http.notfound import protocol_of
 from kimiserve.http.request_id import RequestIdMiddleware
 from kimiserve.http.shutdown import Drain, DrainMiddleware
 from kimiserve.http.stall import StallGuard
@@ -62,14 +63,16 @@ async def metrics(request: Request) -> Response:
 
 
 def refusal(scope: Scope, exc: BaseException) -> Response:
-    """An error outside any route (shutting down, no such route, a bug), in its protocol's format."""
-    path: str = scope.get("path", "")
-    if path.startswith("/v1/messages"):
-        return anthropic_error(exc, f"req_{uuid.uuid4().hex}")
-    if path.startswith("/v1/responses"):
-        return responses_error(exc, f"req_{uuid.uuid4().hex}")
-    if path.startswith(("/v1/chat/", "/v1/models")):
-        return openai_error(exc, f"req_{uuid.uuid4().hex}")
+    """An error outside any route (shutting down, no such route, a bug), in the format of the
+    protocol the request speaks (`http/notfound.py` decides which)."""
+    protocol = protocol_of(scope)
+    request_id = f"req_{uuid.uuid4().hex}"
+    if protocol == "anthropic":
+        return anthropic_error(exc, request_id)
+    if protocol == "responses":
+        return responses_error(exc, request_id)
+    if protocol == "openai":
+        return openai_error(exc, request_id)
     item = error_item(exc, task_type=None, task_uuid=None)
     return SafeJSONResponse({"errors": [item]}, status_code=status_of(exc))
 
@@ -77,7 +80,13 @@ def refusal(scope: Scope, exc: BaseException) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no such route, method not allowed) as JSON, not text/plain."""
     assert isinstance(exc, HTTPException)
-    error = KimiserveError(exc.detail, code="notFound" if exc.status_code == 404 else "invalidRequest")
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        error = KimiserveError(f"No route {where} on this server.", code="notFound")
+    elif exc.status_code == 405:
+        error = KimiserveError(f"Method not allowed: {where}.", code="methodNotAllowed")
+    else:
+        error = KimiserveError(exc.detail, code="invalidRequest")
     error.status = exc.status_code
     response = refusal(request.scope, error)
     response.status_code = exc.status_code

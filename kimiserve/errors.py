@@ -3,7 +3,7 @@
     KimiserveError                       code, status, public message, parameter
     ├── InvalidRequest (400)             a request parameter is missing or wrong
     │   ├── UnsupportedFeature (400)     valid, but not available on this server/model
-    │   ├── ContextLengthExceeded (400)  prompt + maxTokens do not fit the model
+    │   ├── ContextLengthExceeded (400)  prompt + output tokens asked for exceed the context
     │   ├── GrammarError (400)           a grammar or schema that cannot be compiled (in budget)
     │   └── RequestCrashedEngine (400)   this exact request was in flight during repeated crashes
     ├── AuthenticationFailed (401)       missing or invalid API key

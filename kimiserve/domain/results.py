@@ -145,7 +145,7 @@ def with_round(
 def not_run(call: ToolCall, max_rounds: int) -> BuiltinToolResult:
     """A built-in call left unrun: the loop reached its bound."""
     message = (
-        f"Not run: the generation reached its bound ({max_rounds} rounds or maxTokens) "
+        f"Not run: the generation reached its bound ({max_rounds} rounds or the output token limit) "
         "before another round could use the result."
     )
     return BuiltinToolResult(call, {"error": message}, f"error: {message}", is_error=True)

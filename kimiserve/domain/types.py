@@ -27,7 +27,8 @@ THINKING_BUDGETS: dict[ThinkingLevel, int] = {
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A call the model made: `arguments` is the JSON text of the arguments object."""
+    """A call the model made: `arguments` is the JSON text of the arguments object; in a turn
+    that finished with `length` it is the text as cut, which may not parse (as OpenAI's)."""
 
     id: str
     name: str

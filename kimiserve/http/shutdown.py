@@ -43,7 +43,7 @@ class ServerShuttingDown(ServiceUnavailable):
     def __init__(self) -> None:
         super().__init__(
             "The server is shutting down and ended this request before it finished; "
-            "send it again (with a new taskUUID) once the server is back."
+            "send it again once the server is back (a Runware task under a new taskUUID)."
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 from dataclasses import replace
@@ -22,6 +23,18 @@ def constrained(schema: object, max_tokens: int = 60, seed: int = 0) -> Generati
         "Describe a user of our website as JSON.", temperature=1.0, seed=seed, max_tokens=max_tokens
     )
     return replace(request, constraint=Constraint(json_schema=json.dumps(schema)))
+
+
+def assert_valid_or_cut(text: str, schema: object, reason: str) -> None:
+    """The rule of `jsonclose.py`: complete output validates; output cut by max_tokens either
+    was closed into a value that validates, or is the text as cut, which does not parse."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        assert reason == "length", text
+        return
+    jsonschema.validate(value, schema)
+    assert not re.search(r'"":0[}\]]*$', text), text  # the closing's old invention, `"":0`
 
 
 def nested(depth: int) -> dict[str, object]:
@@ -64,7 +77,7 @@ async def test_crashing_kinds_of_schema_give_a_result_or_a_400(engine: LlamaCppE
     else:
         result = await run(engine, request)
         assert result.finished.reason in {"stop", "length"}
-        jsonschema.validate(json.loads(result.text), schema)  # closed at max_tokens if need be
+        assert_valid_or_cut(result.text, schema, result.finished.reason)
     for other in await asyncio.gather(*others):  # the streams beside it finished
         assert other.usage.completion_tokens == 24 or other.finished.reason == "stop"
     assert (await engine.health()).ok
@@ -93,8 +106,8 @@ OPEN_SCHEMA = {
 
 @pytest.mark.parametrize("max_tokens", [3, 8, 12, 25])
 async def test_json_is_closed_when_max_tokens_runs_out(engine: LlamaCppEngine, max_tokens: int) -> None:
-    """It parses at any budget; it validates once the budget can hold `{"story":""}` (~6 tokens):
-    the closing is the shortest JSON ending, it does not write missing required keys."""
+    """Closed into a valid value once the budget can hold `{"story":""}` (~6 tokens); below
+    that the closing would break the schema, so the text is returned as cut."""
     request = replace(
         ask("Write a long story as JSON with a story field.", temperature=1.0, seed=max_tokens),
         constraint=Constraint(json_schema=json.dumps(OPEN_SCHEMA)),
@@ -103,9 +116,58 @@ async def test_json_is_closed_when_max_tokens_runs_out(engine: LlamaCppEngine, m
     result = await run(engine, request)
     assert result.usage.completion_tokens <= max_tokens
     assert result.finished.reason == "length", result.text
-    value = json.loads(result.text)
+    assert_valid_or_cut(result.text, OPEN_SCHEMA, result.finished.reason)
     if max_tokens >= 8:
-        jsonschema.validate(value, OPEN_SCHEMA)
+        jsonschema.validate(json.loads(result.text), OPEN_SCHEMA)
+
+
+STRICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "email": {"type": "string"},
+    },
+    "required": ["name", "age", "email"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("max_tokens", [2, 5, 14, 30])
+async def test_json_that_cannot_close_validly_is_returned_as_cut(
+    engine: LlamaCppEngine, max_tokens: int
+) -> None:
+    """Issue 21: `max_tokens: 5` under a strict schema gave `{"":0}`. A closing that breaks the
+    schema (required keys unwritten) is not made: the text is the raw cut, finish `length`."""
+    request = replace(
+        ask("Describe a user as JSON.", temperature=1.0, seed=max_tokens, max_tokens=max_tokens),
+        constraint=Constraint(json_schema=json.dumps(STRICT_SCHEMA)),
+    )
+    result = await run(engine, request)
+    assert result.usage.completion_tokens <= max_tokens
+    assert result.text.startswith("{")
+    assert_valid_or_cut(result.text, STRICT_SCHEMA, result.finished.reason)
+    if max_tokens <= 5:  # too short to write the three keys: nothing may close it
+        assert result.finished.reason == "length"
+        assert result.usage.completion_tokens == max_tokens  # sampled to the end, nothing forced
+        with pytest.raises(ValueError):
+            json.loads(result.text)
+
+
+@pytest.mark.parametrize("max_tokens", [3, 6, 10, 16])
+async def test_json_object_cut_is_closed_without_an_invented_key(
+    engine: LlamaCppEngine, max_tokens: int
+) -> None:
+    """`response_format: json_object` (the schema `{"type": "object"}`, issue 20): closed when
+    the closing invents no key, else cut as it stands; never `"":0`."""
+    schema = {"type": "object"}
+    request = replace(
+        ask("Describe a user as JSON.", temperature=1.0, seed=max_tokens, max_tokens=max_tokens),
+        constraint=Constraint(json_schema=json.dumps(schema)),
+    )
+    result = await run(engine, request)
+    assert result.usage.completion_tokens <= max_tokens
+    assert_valid_or_cut(result.text, schema, result.finished.reason)
 
 
 async def test_prefix_cache_is_never_shared_across_scopes(engine: LlamaCppEngine) -> None:

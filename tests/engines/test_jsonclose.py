@@ -1,4 +1,5 @@
-"""JsonTail: every prefix of JSON text plus its closing parses, and the closing is short."""
+"""JsonTail: every prefix of JSON text plus its closing parses, the closing is short, and it is
+used only when it invents no key and the closed value validates (SchemaCheck)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from kimiserve.engines.llamacpp.jsonclose import JsonTail
+from kimiserve.engines.llamacpp.jsonclose import JsonTail, SchemaCheck
 
 
 def _random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -62,3 +63,36 @@ def test_not_json_gives_no_closing() -> None:
     tail = JsonTail()
     tail.feed(b"hello")
     assert tail.closing() is None
+
+
+def test_a_closing_inside_or_after_a_key_invents_one() -> None:
+    inventing = ['{"a": 1,', '{"a": 1, "b', '{"', '{"a": {"x": 1, "y']
+    closable = ["", "{", '{"a"', '{"a":', '{"a": "x', '{"a": [1,', '{"a": 1', '{"a": 1}']
+    for prefix in inventing + closable:
+        tail = JsonTail()
+        tail.feed(prefix.encode())
+        assert tail.invents_key == (prefix in inventing), prefix
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def test_schema_check_accepts_only_valid_closed_values() -> None:
+    check = SchemaCheck(json.dumps(SCHEMA))
+    assert check(b'{"name": "Jo"}')
+    assert check(b'{"name": "Jo", "age": 0}')
+    assert not check(b'{"age": 3}')  # a required key missing
+    assert not check(b'{"name": "Jo", "":0}')  # an invented key
+    assert not check(b'{"name": 0}')  # an invented value of the wrong type
+    assert not check(b'{"name": "Jo"')  # not JSON
+    assert SchemaCheck('{"type": "object"}')(b'{"a": [1, 0]}')
+
+
+def test_a_schema_jsonschema_cannot_resolve_closes_nothing() -> None:
+    check = SchemaCheck(json.dumps({"$ref": "https://example.invalid/schema.json"}))
+    assert not check(b"{}")

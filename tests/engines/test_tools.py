@@ -28,6 +28,7 @@ from kimiserve.domain.types import (
     Usage,
 )
 from kimiserve.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from kimiserve.engines.llamacpp.toolcalls import partial_call
 from kimiserve.errors import GrammarError, InvalidRequest
 from tests.engines.tool_schemas import SCHEMAS
 
@@ -118,8 +119,20 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
         return name, await run(engine, req)
 
     results = await asyncio.gather(*(one(i, name) for i, name in enumerate(names)))
-    failures = []
+    failures, cut = [], []
     for i, (name, turn) in enumerate(results):
+        if turn.finish == "length" and turn.usage.completion_tokens == 160:
+            # The model ran out of max_tokens inside a call (ref_recursive nests until the end;
+            # some schemas get several calls, the last one cut). Since issue 21 the cut call is
+            # reported as cut, never closed into a valid one; the complete ones still validate.
+            *whole, last = turn.calls
+            assert {c.name for c in turn.calls} == {f"tool_{i}"} and not turn.text, (name, turn)
+            with pytest.raises(ValueError):
+                json.loads(last.arguments)
+            for call in whole:
+                validator(SCHEMAS[name]).validate(json.loads(call.arguments))
+            cut.append(name)
+            continue
         if turn.finish != "tool_calls" or len(turn.calls) != 1 or turn.text:
             failures.append(f"{name}: {turn.finish} {turn.calls} {turn.text!r}")
             continue
@@ -129,6 +142,7 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
         if errors:
             failures.append(f"{name}: {call.arguments} {errors}")
     assert not failures, "\n".join(failures)
+    assert len(cut) <= 3, cut  # the model's loops in a few schemas, not the engine
 
 
 async def test_named_choice_calls_that_tool_and_usage_counts_the_call(engine: LlamaCppEngine) -> None:
@@ -297,3 +311,36 @@ def test_declared_objects_are_closed_except_where_branches_merge() -> None:
     merged = json.loads(toolcalls.arguments_schema(ToolSpec("t", "", json.dumps(SCHEMAS["allof_merge"]))))
     assert all("additionalProperties" not in branch for branch in merged["allOf"])
     assert merged["x-guidance"] == {"whitespace_flexible": False, "lenient": False, "coerce_one_of": True}
+
+
+@pytest.mark.parametrize("max_tokens", [2, 6, 12, 16])
+async def test_a_forced_call_cut_by_max_tokens_is_the_partial_call(
+    engine: LlamaCppEngine, max_tokens: int
+) -> None:
+    """Issue 21: a forced call cut by max_tokens came back as an empty turn. It is the partial
+    call, arguments as cut (not closed, maybe not JSON), with finish `length`, as OpenAI's."""
+    for choice in (ToolChoice("required"), ToolChoice("named", "get_weather")):
+        turn = await run(engine, request(tools=(WEATHER,), choice=choice, max_tokens=max_tokens))
+        assert turn.usage.completion_tokens == max_tokens
+        assert turn.finish == "length" and not turn.text
+        (call,) = turn.calls
+        assert call.name == "get_weather" and call.id == "functions.get_weather:0"
+        assert len(call.arguments) < max_tokens * 8
+        if call.arguments:
+            assert call.arguments.startswith("{")
+            with pytest.raises(ValueError):  # the arguments object is cut, not closed
+                json.loads(call.arguments)
+
+
+def test_a_partial_call_names_its_tool_only_when_the_cut_text_tells_it() -> None:
+    twins = (
+        ToolSpec("weather_today", "Today's weather.", WEATHER.parameters),
+        ToolSpec("weather_tomorrow", "Tomorrow's weather.", WEATHER.parameters),
+    )
+    cut = partial_call('{"name":"weather_to', twins, "call_1")
+    assert cut is None  # either tool: not guessed
+    cut = partial_call('{"name":"weather_tom', twins, "call_1")
+    assert cut == ToolCall("call_1", "weather_tomorrow", "")
+    cut = partial_call('{"name":"weather_today","arguments":{"city":"Pa', twins, "call_1")
+    assert cut == ToolCall("call_1", "weather_today", '{"city":"Pa')
+    assert partial_call("", (WEATHER,), "call_1") == ToolCall("call_1", "get_weather", "")

@@ -22,6 +22,7 @@ from kimiserve.engines.llamacpp import toolcalls
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
 from kimiserve.engines.llamacpp.grammar import Grammar, GrammarCache
 from kimiserve.engines.llamacpp.job import Emit, Job
+from kimiserve.engines.llamacpp.jsonclose import SchemaCheck
 from kimiserve.engines.llamacpp.model import NativeModel
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.scheduler import Scheduler
@@ -81,13 +82,27 @@ class Core:
         """The request's grammar (compiled within the budget, cached): its tools' calls when a
         call may be made, else its constraint. A tool schema that does not compile is refused
         naming `tools[i].schema`."""
-        offered = toolcalls.calls_offered(request)
-        if not offered or (request.constraint is not None and not toolcalls.call_forced(request)):
+        if not self._calls_grammar(request):
             return self.grammars.get(request.constraint)
+        offered = toolcalls.calls_offered(request)
         for i, tool in enumerate(request.tools):
             if tool in offered:
                 self.grammars.get(Constraint(json_schema=tool.parameters), parameter=f"tools[{i}].schema")
         return self.grammars.get_calls(toolcalls.call_grammar(offered), parameter="tools")
+
+    @staticmethod
+    def _calls_grammar(request: GenerationRequest) -> bool:
+        """The request generates under its tools' call grammar (not its own constraint)."""
+        offered = toolcalls.calls_offered(request)
+        return bool(offered) and (request.constraint is None or toolcalls.call_forced(request))
+
+    def _may_close(self, request: GenerationRequest) -> SchemaCheck | None:
+        """What may close JSON cut by max_tokens (`jsonclose.py`'s rule): the request's JSON
+        schema; nothing for a tool call, whose arguments are returned as cut."""
+        if self._calls_grammar(request) or request.constraint is None:
+            return None
+        schema = request.constraint.json_schema
+        return SchemaCheck(schema) if schema is not None else None
 
     def check(self, request: GenerationRequest) -> list[int]:
         """Validate a request and compile its grammar (cached); return its prompt tokens."""
@@ -107,8 +122,8 @@ class Core:
         max_tokens = request.sampling.max_tokens
         if max_tokens is not None and len(prompt) + max_tokens > limit:
             raise ContextLengthExceeded(
-                f"The prompt ({len(prompt)} tokens) plus maxTokens ({max_tokens}) exceed this model's "
-                f"context of {limit} tokens; at most {limit - len(prompt)} tokens can be generated.",
+                f"The prompt ({len(prompt)} tokens) plus the {max_tokens} output tokens asked for exceed "
+                f"this model's context of {limit} tokens; at most {limit - len(prompt)} can be asked for.",
                 parameter="max_tokens",
             )
         self.grammar(request)
@@ -125,7 +140,9 @@ class Core:
             if job_id in self._cancelled_early:
                 self._cancelled_early.discard(job_id)
                 return
-            sampler = SamplerChain(self.model, sampling, self.grammar(request), active=False)
+            sampler = SamplerChain(
+                self.model, sampling, self.grammar(request), active=False, may_close=self._may_close(request)
+            )
             job = Job(
                 job_id,
                 prompt,

@@ -1,21 +1,38 @@
-"""The shortest text that turns a prefix of JSON into a complete JSON value.
+"""Closing JSON cut by `max_tokens`: the shortest ending of a JSON prefix, and when it may be used.
 
 `JsonTail` follows the bytes a JSON-constrained sequence emits (a small pushdown state: open
 objects and arrays, inside a string or escape, a number, a literal, what comes next) and answers
-`closing()`: the shortest ending that makes the text parse. The scheduler uses it when
-`max_tokens` is about to run out: a sampled token is kept only if what it leaves to close still
-fits in the tokens left; otherwise the next token of the closing is emitted instead. Every
+`closing()`: the shortest ending that makes the text parse. The sampler (`sampling.py`) uses it
+when `max_tokens` is about to run out: a sampled token is kept only if what it leaves to close
+still fits in the tokens left; otherwise the next token of the closing is emitted instead. Every
 closing character costs at most one token, and each forced token shortens the closing by at
 least one character, so the output ends as complete JSON exactly within the budget.
 
-Values the closing must invent are the shortest JSON: `0` for a value, `"":0` for a key after a
-comma. A prefix this tracker cannot follow (not JSON) gives `closing() is None`: nothing is
-forced.
+The rule (what a client gets when JSON output meets `max_tokens`; `finish_reason` is `length`
+either way):
+
+- The output is closed only when the closed value validates against the request's JSON schema
+  (`SchemaCheck`, with jsonschema; `response_format: json_object` is the schema
+  `{"type": "object"}`) and the closing invents no key (`invents_key`): a cut inside a key, or
+  right after a comma in an object, is never closed into `"":0` or a truncated key name.
+- Otherwise the text is returned exactly as cut, which does not parse: what OpenAI and vLLM
+  return. Sampling goes on under the grammar; each later token is checked the same way, so a
+  later state that does close validly (a string value ends) is still closed in time.
+- A tool call's arguments are never closed (`SchemaCheck` is not used for them): a call cut by
+  `max_tokens` is reported with its arguments as cut, as OpenAI does (`turn.py`).
+
+Values the closing may invent are the shortest JSON: `0` for a value (kept only when the schema
+accepts it). A prefix this tracker cannot follow (not JSON) gives `closing() is None`: nothing
+is forced.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
 
 VALUE, KEY, COLON, AFTER, STRING, NUMBER, LITERAL, DONE = range(8)
 WHITESPACE = b" \t\r\n"
@@ -82,6 +99,13 @@ class JsonTail:
         elif mode == DONE:
             return head
         return head + "".join("}" if c == ord("{") else "]" for c in reversed(self.stack))
+
+    @property
+    def invents_key(self) -> bool:
+        """The closing would name a key the model did not finish: inside a key, or after a comma."""
+        if self.broken:
+            return False
+        return (self.mode == STRING and self.key) or (self.mode == KEY and not self.fresh)
 
     @property
     def done(self) -> bool:
@@ -169,3 +193,28 @@ class JsonTail:
     def _close(self) -> None:
         self.stack.pop()
         self._value_done()
+
+
+class SchemaCheck:
+    """Whether a closed JSON text may stand as the output: it parses and validates against the
+    schema. A schema jsonschema cannot apply (an unresolvable `$ref`...) closes nothing."""
+
+    def __init__(self, schema_text: str) -> None:
+        self._validator: Any = None
+        try:
+            schema = json.loads(schema_text)
+            self._validator = jsonschema.validators.validator_for(schema)(schema)
+        except Exception:  # the grammar compiled it; one jsonschema cannot read only closes nothing
+            self._validator = None
+
+    def __call__(self, text: bytes) -> bool:
+        if self._validator is None:
+            return False
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            return False
+        try:
+            return bool(self._validator.is_valid(value))
+        except Exception:  # a `$ref` that does not resolve, a bad pattern: not known valid, not closed
+            return False

@@ -8,7 +8,8 @@ carries an llguidance matcher (`grammar.py`): the scheduler has its token mask c
 thread pool while the batch decodes (`compute_mask`, GIL released), then `sample_logits` applies
 the mask to the sequence's logits (numpy, ~100 µs for 49k tokens), runs the chain on what is
 left and the matcher consumes the token. Under a JSON grammar with `max_tokens`, `JsonTail`
-(`jsonclose.py`) closes the JSON before the budget runs out.
+(`jsonclose.py`) closes the JSON before the budget runs out, when `may_close` accepts the closed
+text (see the rule in `jsonclose.py`); otherwise the output is cut as it stands.
 
 Seeds: llama.cpp reads seed 0xFFFFFFFF as "pick a random seed", so that one value is sampled
 with seed 0xFFFFFFFE instead; every other uint32 seed is used as is.
@@ -17,6 +18,7 @@ with seed 0xFFFFFFFE instead; every other uint32 seed is used as is.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import llama_cpp as llama
 import numpy as np
@@ -62,8 +64,16 @@ class SamplerChain:
     """An owned `llama_sampler` chain, and the sequence's grammar matcher; `free()` releases them."""
 
     def __init__(
-        self, model: NativeModel, sampling: Sampling, grammar: Grammar | None, *, active: bool = True
+        self,
+        model: NativeModel,
+        sampling: Sampling,
+        grammar: Grammar | None,
+        *,
+        active: bool = True,
+        may_close: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """`may_close(closed_text)`: whether JSON cut by max_tokens may be closed into that text
+        (None: never, the output is cut as it stands)."""
         params = llama.llama_sampler_chain_default_params()
         params.no_perf = True
         self.handle: llama.llama_sampler_p | None = llama.llama_sampler_chain_init(params)
@@ -72,8 +82,10 @@ class SamplerChain:
         self._grammar = grammar
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
+        self._may_close = may_close
+        self._json = bytearray()  # what the tail has read: the JSON so far
         self.closing = False  # tokens are being forced to close the JSON before max_tokens
-        self.closing_valid = True  # ...and the grammar accepted every one of them
+        self.closing_valid = True  # ...and the grammar accepted every one (else it is not asked again)
         # The grammar applies from activate() on (after a reasoning section or a call marker).
         self.active = active
         try:
@@ -97,10 +109,15 @@ class SamplerChain:
         if self.matcher is None or not prefix:
             return 0
         accepted = int(self.matcher.try_consume_tokens(prefix))
-        if self.tail is not None:
-            for token in prefix[:accepted]:
-                self.tail.feed(self._model.piece(token))
+        for token in prefix[:accepted]:
+            self._feed_tail(token)
         return accepted
+
+    def _feed_tail(self, token: int) -> None:
+        if self.tail is not None:
+            piece = self._model.piece(token)
+            self.tail.feed(piece)
+            self._json += piece
 
     def restart(self) -> None:
         """The grammar from its start again, for another tool call in the same turn; it applies
@@ -110,6 +127,7 @@ class SamplerChain:
             return
         self.matcher = grammar.matcher()
         self.tail = JsonTail() if grammar.json else None
+        self._json = bytearray()
         self.closing = False
         self.closing_valid = True
         self.active = False
@@ -192,20 +210,23 @@ class SamplerChain:
                 if not self.closing:
                     raise EngineError("The grammar rejected a token it allowed.")
                 self.closing_valid = False
-            if self.tail is not None:
-                self.tail.feed(self._model.piece(token))
+            self._feed_tail(token)
         return token
 
     def _within_budget(self, token: int, left_after: int) -> int:
         """`token`, unless the JSON it leaves open cannot be closed in `left_after` tokens: then
-        the first token of the closing (each closing character costs at most one token)."""
+        the first token of the closing (each closing character costs at most one token), if the
+        JSON so far may be closed (`may_close`, no invented key) and the closing fits."""
         assert self.tail is not None
         after = self.tail.copy()
         after.feed(self._model.piece(token))
         closing = after.closing()
         if closing is None or len(closing) <= left_after:
             return token
-        if not self.tail.closing():
+        here = self.tail.closing()
+        if not here or len(here) > left_after + 1 or self.tail.invents_key:
+            return token  # cut as it stands (unless a later state closes validly)
+        if self._may_close is None or not self._may_close(bytes(self._json) + here.encode()):
             return token
         self.closing = True
         return self._force(accept=False)
@@ -215,7 +236,7 @@ class SamplerChain:
         token = self._model.tokenize(self.tail.closing() or "")[0]
         if accept:
             llama.llama_sampler_accept(self.handle, token)
-            self.tail.feed(self._model.piece(token))
+            self._feed_tail(token)
             # Still followed by the grammar: tells whether the closed output matches it.
             if self.closing_valid and self.matcher is not None and not self.matcher.consume_token(token):
                 self.closing_valid = False
@@ -224,11 +245,6 @@ class SamplerChain:
     @property
     def needs_mask(self) -> bool:
         return self.constrained and not self.closing
-
-    @property
-    def closed_valid(self) -> bool:
-        """The JSON was closed early and the grammar accepts the whole output as it stands."""
-        return self.closed and self.closing_valid and self.matcher is not None and self.matcher.is_accepting()
 
     @property
     def closed(self) -> bool:

@@ -152,11 +152,30 @@ def call_grammar(tools: tuple[ToolSpec, ...]) -> str:
     """The Lark grammar of one call's JSON body: `{"name":...,"arguments":...}`."""
     rules = []
     for i, tool in enumerate(tools):
-        head = '{"name":' + json.dumps(tool.name) + ',"arguments":'
+        head = call_head(tool)
         rules.append(f"call_{i}: {json.dumps(head)} args_{i} " + '"}"')
         rules.append(f"args_{i}: %json {arguments_schema(tool)}")
     start = "start: " + " | ".join(f"call_{i}" for i in range(len(tools)))
     return "\n".join([start, *rules]) + "\n"
+
+
+def call_head(tool: ToolSpec) -> str:
+    """The text a call of `tool` begins with, up to its arguments (a literal of the grammar)."""
+    return '{"name":' + json.dumps(tool.name) + ',"arguments":'
+
+
+def partial_call(text: str, tools: tuple[ToolSpec, ...], call_id: str) -> ToolCall | None:
+    """The call a body cut by max_tokens began, with its arguments as cut (maybe not JSON, as
+    OpenAI returns them). The tool is the one whose name was written, or the only one the cut
+    text can still begin; None when several can (the name itself was cut)."""
+    for tool in tools:
+        head = call_head(tool)
+        if text.startswith(head):
+            return ToolCall(id=call_id, name=tool.name, arguments=text[len(head) :])
+    candidates = [tool for tool in tools if call_head(tool).startswith(text)]
+    if len(candidates) == 1:
+        return ToolCall(id=call_id, name=candidates[0].name, arguments="")
+    return None
 
 
 def parse_call(text: str, tools: tuple[ToolSpec, ...], call_id: str) -> ToolCall | None:

@@ -22,9 +22,9 @@ tokens the engine writes itself instead of sampling (`forced`):
 - CALL: the call's JSON body under the tools' grammar (`toolcalls.py`); when it is complete its
   `ToolCallEvent` is emitted at once, with the id `functions.{name}:{idx}` (`idx` counts the
   conversation's calls, as Kimi numbers them: the history's first, then this turn's). A body cut
-  by `max_tokens` is closed by `JsonTail` (so it parses); it is reported as a call only if the
-  grammar accepts the closed body (the schema holds), otherwise the turn ends with `length` and
-  without that call.
+  by `max_tokens` is not closed: it is reported as the partial call, arguments as cut (maybe not
+  JSON), and the turn ends with `length`, as OpenAI does; so is a forced call cut inside its
+  marker or name when only one tool can be meant (`toolcalls.partial_call`).
 - NEXT (after a complete call, while the turn may make more: `max_calls`): the engine writes
   `</tool_call>`, the grammar is restarted for a new call, and the model chooses between
   end-of-generation (the turn ends, `Finished("tool_calls")`) and `\n` (`choices`: only those
@@ -51,7 +51,7 @@ from kimiserve.domain.types import (
 from kimiserve.engines.llamacpp.job import Item
 from kimiserve.engines.llamacpp.sampling import SamplerChain
 from kimiserve.engines.llamacpp.stops import TextStream
-from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, call_id, parse_call
+from kimiserve.engines.llamacpp.toolcalls import CALL_OPEN, THINK_END, call_id, parse_call, partial_call
 
 THINK, CLOSING, ANSWER, CALL, NEXT = range(5)
 
@@ -157,12 +157,8 @@ class Turn:
             return []
         if self.phase == CALL:
             self._call += piece
-            tail = self._sampler.tail
-            # complete: closed by the model, or closed by the engine at max_tokens in a way the
-            # grammar (the schema) still accepts
-            sampler = self._sampler
-            complete = tail is not None and tail.done and (not sampler.closing or sampler.closed_valid)
-            return self._end_call() if complete else []
+            tail = self._sampler.tail  # a call's JSON is never closed by the engine (`jsonclose.py`)
+            return self._end_call() if tail is not None and tail.done else []
         if self.phase == NEXT:
             return self._next()
         if self._marker_left > 0:
@@ -249,8 +245,19 @@ class Turn:
         if self.phase == THINK:
             text = self._think.flush()
             return ([ReasoningDelta(text)] if text else []), reason
+        if self.phase == ANSWER and self._marker_left > 0 and reason == "length":
+            return self._cut_call(""), reason  # a forced call cut inside its marker
         if self.phase == ANSWER:
             return self._answer(self._text.flush()), reason
         if self.calls and (self.call_done or self.phase == NEXT):
             return [], "tool_calls"
+        if self.phase == CALL and reason == "length":
+            return self._cut_call(self._call.decode("utf-8", errors="replace")), reason
         return [], reason
+
+    def _cut_call(self, body: str) -> list[Item]:
+        """The call a body cut by max_tokens began (none when its tool cannot be told)."""
+        cut = partial_call(body, self._tools, "")
+        if cut is None:
+            return []
+        return [ToolCallEvent(replace(cut, id=call_id(cut.name, self._first_index + self.calls)))]

@@ -160,3 +160,15 @@ def test_body_not_json(server: ServerProcess, api_key: str) -> None:
     assert reply.status_code == 400
     assert reply.json()["error"]["type"] == "invalid_request_error"
     assert reply.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_context_length_error_speaks_openai_names(client: AsyncOpenAI, field: str) -> None:
+    """Issue 21: the message said "maxTokens (…)" (Runware's name) while param said max_tokens."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(**_args({field: 10_000_000}))
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.param == field
+    assert "10000000 output tokens" in info.value.message
+    for runware_name in ("maxTokens", "numberResults", "settings."):
+        assert runware_name not in info.value.message

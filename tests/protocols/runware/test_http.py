@@ -408,3 +408,13 @@ def test_open_mode_serves_without_key(tmp_path) -> None:  # type: ignore[no-unty
         assert _only_data(post(proc.base_url, None, [text_task()]))[0]["text"]
     finally:
         proc.stop()
+
+
+def test_context_length_error_names_the_limit_without_other_protocols_names(
+    server: ServerProcess, api_key: str
+) -> None:
+    reply = post(server.base_url, api_key, [text_task(settings={"maxTokens": 30000})])
+    (item,) = reply.json()["errors"]
+    assert (item["code"], item["parameter"]) == ("contextLengthExceeded", "settings.maxTokens")
+    assert "30000 output tokens" in item["message"]
+    assert "max_tokens" not in item["message"]

@@ -82,6 +82,19 @@ def test_forced_call_in_the_result_matches_the_schema(
     assert item["usage"]["completionTokens"] > 0
 
 
+def test_forced_call_cut_by_max_tokens_is_named_without_input(server: ServerProcess, api_key: str) -> None:
+    """Issue 21: a cut forced call is reported (no empty success): its id and name, no `input`
+    (the arguments, cut inside, are not an object), finishReason `length`."""
+    body = task(tools=[WEATHER], toolChoice={"type": "any"}, settings={"maxTokens": 18})
+    response = post(server, api_key, body)
+    assert response.status_code == 200, response.text
+    [item] = response.json()["data"]
+    assert item["finishReason"] == "length" and not item["text"]
+    [call] = item["tools"]
+    assert call["name"] == "get_weather" and call["id"] and "input" not in call
+    assert item["usage"]["completionTokens"] == 18
+
+
 def test_a_tool_result_history_and_none(server: ServerProcess, api_key: str) -> None:
     response = post(
         server,
