@@ -90,6 +90,7 @@ def request(
     max_tokens: int = 160,
     seed: int = 0,
     history: tuple[Message, ...] = (),
+    parallel: bool = True,
 ) -> GenerationRequest:
     return GenerationRequest(
         model="smollm2",
@@ -98,6 +99,7 @@ def request(
         tools=tools,
         tool_choice=choice if choice is not None else ToolChoice(),
         thinking=thinking,
+        parallel_tool_calls=parallel,
     )
 
 
@@ -113,8 +115,12 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
 
     async def one(i: int, name: str) -> tuple[str, Turn]:
         tool = ToolSpec(f"tool_{i}", f"Record a {name.replace('_', ' ')}.", json.dumps(SCHEMAS[name]))
-        req = request(
-            "Call the tool with sensible arguments.", tools=(tool,), choice=ToolChoice("required"), seed=i
+        req = request(  # one forced call per schema (several calls per turn: test_parallel_calls.py)
+            "Call the tool with sensible arguments.",
+            tools=(tool,),
+            choice=ToolChoice("required"),
+            seed=i,
+            parallel=False,
         )
         return name, await run(engine, req)
 
@@ -122,9 +128,8 @@ async def test_forced_calls_on_fifty_schemas_always_validate(engine: LlamaCppEng
     failures, cut = [], []
     for i, (name, turn) in enumerate(results):
         if turn.finish == "length" and turn.usage.completion_tokens == 160:
-            # The model ran out of max_tokens inside a call (ref_recursive nests until the end;
-            # some schemas get several calls, the last one cut). Since issue 21 the cut call is
-            # reported as cut, never closed into a valid one; the complete ones still validate.
+            # The model ran out of max_tokens inside the call (ref_recursive nests until the end).
+            # Since issue 21 the cut call is reported as cut, never closed into a valid one.
             *whole, last = turn.calls
             assert {c.name for c in turn.calls} == {f"tool_{i}"} and not turn.text, (name, turn)
             with pytest.raises(ValueError):
