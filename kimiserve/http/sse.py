@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from kimiserve.http.encoding import dumps
@@ -22,6 +23,26 @@ from kimiserve.http.stall import close_on_cut
 T = TypeVar("T")
 
 KEEPALIVE = b": ping\n\n"
+
+
+@dataclass
+class StreamStatus:
+    """How a stream ended, for the metrics: `success`, an error code, or the client leaving (the
+    renderer sets it; `counted` reports it when the stream ends)."""
+
+    status: str = "clientDisconnected"
+
+
+async def counted(
+    frames: AsyncGenerator[bytes, None], report: Callable[[str], None], status: StreamStatus
+) -> AsyncGenerator[bytes, None]:
+    """The frames; when they end, or the client leaves, `report(status.status)` once."""
+    try:
+        async with contextlib.aclosing(frames):
+            async for data in frames:
+                yield data
+    finally:
+        report(status.status)
 
 
 def frame(payload: dict[str, Any] | str) -> bytes:

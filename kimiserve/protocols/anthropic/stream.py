@@ -15,9 +15,7 @@ which settles or releases the request.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -27,7 +25,7 @@ from kimiserve.domain.types import Finished, PipelineEvent, ReasoningDelta, Text
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import dumps
-from kimiserve.http.sse import primed, with_keepalive
+from kimiserve.http.sse import StreamStatus, counted, primed, with_keepalive
 from kimiserve.protocols.anthropic import translate
 from kimiserve.protocols.anthropic.errors import render
 
@@ -39,36 +37,22 @@ def event(payload: dict[str, Any]) -> bytes:
     return f"event: {payload['type']}\ndata: {dumps(payload)}\n\n".encode()
 
 
-@dataclass
-class Outcome:
-    """How a stream ended, for the metrics: `success`, an error code, or the client leaving."""
-
-    status: str = "clientDisconnected"
-
-
 async def open_stream(
     services: Context, started: Started, message_id: str, model: str, request_id: str
 ) -> StreamingResponse:
     """Wait for the first event (raising early errors), then stream."""
     events = await primed(started.events, services.settings.keepalive_s)  # closes them if it raises
-    outcome = Outcome()
-    body = _counted(_frames(events, message_id, model, request_id, outcome), services, outcome)
+    outcome = StreamStatus()
+    body = counted(
+        _frames(events, message_id, model, request_id, outcome),
+        lambda status: services.metrics.request(PROTOCOL, "messages", status),
+        outcome,
+    )
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s, PING),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "request-id": request_id},
     )
-
-
-async def _counted(
-    frames: AsyncGenerator[bytes, None], services: Context, outcome: Outcome
-) -> AsyncGenerator[bytes, None]:
-    try:
-        async with contextlib.aclosing(frames):
-            async for data in frames:
-                yield data
-    finally:
-        services.metrics.request(PROTOCOL, "messages", outcome.status)
 
 
 class _Blocks:
@@ -125,7 +109,7 @@ async def _frames(
     message_id: str,
     model: str,
     request_id: str,
-    outcome: Outcome,
+    outcome: StreamStatus,
 ) -> AsyncGenerator[bytes, None]:
     start: dict[str, Any] = {
         "id": message_id,

@@ -12,9 +12,7 @@ built-in tools, so no OpenAI request runs them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
@@ -23,7 +21,7 @@ from kimiserve.domain.types import Finished, PipelineEvent, ReasoningDelta, Text
 from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
 from kimiserve.http.request_id import current_request_id
-from kimiserve.http.sse import frame, primed, with_keepalive
+from kimiserve.http.sse import StreamStatus, counted, frame, primed, with_keepalive
 from kimiserve.protocols.openai import translate
 from kimiserve.protocols.openai.errors import render
 
@@ -57,7 +55,9 @@ async def open_stream(
     frames = _frames(
         reply, events, len(admitted.seeds), include_usage=include_usage, names=names, outcome=outcome
     )
-    body = _counted(frames, services, outcome)
+    body = counted(
+        frames, lambda status: services.metrics.request(PROTOCOL, "chat.completion", status), outcome
+    )
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
@@ -67,25 +67,6 @@ async def open_stream(
             **rate_limit_headers(admitted),
         },
     )
-
-
-@dataclass
-class StreamStatus:
-    """How a stream ended, for the metrics: `success`, an error code, or the client leaving."""
-
-    status: str = "clientDisconnected"
-
-
-async def _counted(
-    frames: AsyncGenerator[bytes, None], services: Context, outcome: StreamStatus
-) -> AsyncGenerator[bytes, None]:
-    """The frames, and when they end (or the client leaves) the request counted."""
-    try:
-        async with contextlib.aclosing(frames):
-            async for data in frames:
-                yield data
-    finally:
-        services.metrics.request(PROTOCOL, "chat.completion", outcome.status)
 
 
 async def _frames(

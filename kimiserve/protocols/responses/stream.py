@@ -19,7 +19,6 @@ settles or releases the request. Each frame names its event (`event:`) as OpenAI
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from kimiserve.errors import KimiserveError
 from kimiserve.http.context import Context
 from kimiserve.http.encoding import dumps
 from kimiserve.http.request_id import current_request_id
-from kimiserve.http.sse import primed, with_keepalive
+from kimiserve.http.sse import StreamStatus, counted, primed, with_keepalive
 from kimiserve.protocols.responses import translate
 from kimiserve.protocols.responses.errors import failed_error
 
@@ -168,8 +167,12 @@ async def open_stream(
     """Wait for the first event (raising early errors), then stream; `save` stores the final
     response before its last event (so a client that saw it can retrieve it)."""
     events = await primed(started.events, services.settings.keepalive_s)
-    outcome = Outcome()
-    body = _counted(_frames(reply, events, save, outcome), services, outcome)
+    outcome = StreamStatus()
+    body = counted(
+        _frames(reply, events, save, outcome),
+        lambda status: services.metrics.request(PROTOCOL, OPERATION, status),
+        outcome,
+    )
     return StreamingResponse(
         with_keepalive(body, services.settings.keepalive_s),
         media_type="text/event-stream",
@@ -177,27 +180,11 @@ async def open_stream(
     )
 
 
-@dataclass
-class Outcome:
-    status: str = "clientDisconnected"
-
-
-async def _counted(
-    frames: AsyncGenerator[bytes, None], services: Context, outcome: Outcome
-) -> AsyncGenerator[bytes, None]:
-    try:
-        async with contextlib.aclosing(frames):
-            async for data in frames:
-                yield data
-    finally:
-        services.metrics.request(PROTOCOL, OPERATION, outcome.status)
-
-
 async def _frames(
     reply: translate.Reply,
     events: AsyncIterator[tuple[int, PipelineEvent]],
     save: Save | None,
-    outcome: Outcome,
+    outcome: StreamStatus,
 ) -> AsyncGenerator[bytes, None]:
     r = Renderer(reply)
     usage = Usage(0, 0)
