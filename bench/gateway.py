@@ -1,5 +1,8 @@
 """kimiserve as a gateway against the LiteLLM proxy, both in front of the same fast upstream.
 
+(About 630 lines on purpose: the upstream, the load client and the report live in this one file so
+that a run is one command with no dependency on the rest of bench/; each part is a section below.)
+
     .venv/bin/python bench/gateway.py --litellm /work/litellm-venv/bin/litellm \
         [--rounds 3] [--seconds 3] [--streams 1000] [--protocols]
 

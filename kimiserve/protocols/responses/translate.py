@@ -6,6 +6,10 @@ Input items become canonical messages: `message` items by role (developer → sy
 `function_call_output` items become tool messages, and `reasoning` items become the next
 assistant turn's reasoning (kept in the prompt, as a client that sends reasoning back asks).
 What the served model cannot do is checked by the front door, with the names in `parameters`.
+
+(About 600 lines on purpose: the request side and the reply side share the item shapes and ids
+— `function_call` items, `call_id`s, namespaces — that a round trip must give back as it took
+them; the stored conversation (`domain/responses.py`) and the stream renderer use both.)
 """
 
 from __future__ import annotations
