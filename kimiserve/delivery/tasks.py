@@ -75,18 +75,14 @@ class TaskDelivery:
         """Run the task by its delivery: the items for `sync`, None (acknowledged) otherwise."""
         running = await self._inference.run(principal, self.recorded(principal, call, spec))
         tasks = self._tasks
-        if spec.delivery == "sync":
+        if spec.delivery in ("sync", "async"):
 
             async def items() -> list[dict[str, Any]]:
                 return [render.item(r) for r in await running.complete()]
 
-            return await tasks.track(spec.task_uuid, items())
-        if spec.delivery == "async":
-
-            async def background() -> list[dict[str, Any]]:
-                return [render.item(r) for r in await running.complete()]
-
-            tasks.spawn(tasks.track(spec.task_uuid, background()))
+            if spec.delivery == "sync":
+                return await tasks.track(spec.task_uuid, items())
+            tasks.spawn(tasks.track(spec.task_uuid, items()))
             return None
         assert spec.webhook_url is not None
         url, task_uuid, account_id = spec.webhook_url, spec.task_uuid, principal.account_id

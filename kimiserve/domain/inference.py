@@ -79,10 +79,7 @@ StreamItem = tuple[int, "PipelineEvent | Admitted"]
 @dataclass
 class Started:
     admitted: Admitted
-    events: AsyncIterator[tuple[int, PipelineEvent]]
-
-    async def aclose(self) -> None:
-        await self.events.aclose()  # type: ignore[attr-defined]
+    events: AsyncIterator[tuple[int, PipelineEvent]]  # closing them settles or releases
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ class Inference:
     async def run(self, principal: Principal, call: Call) -> Running:
         """Admit now (refusals raise here), run later: for deliveries that answer before the
         work ends (async tasks, webhooks). The `Running` settles or releases in whichever of its
-        calls runs it, and `aclose()` releases one never run."""
+        calls runs it; the caller must run it (delivery/tasks.py does, in a task it owns)."""
         admission, admitted = await self._admit(principal, call)
         return Running(admission, admitted)
 
@@ -215,9 +212,6 @@ class Running:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-
-    async def aclose(self) -> None:
-        await self._admission.aclose()
 
 
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
