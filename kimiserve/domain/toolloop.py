@@ -66,10 +66,11 @@ async def generate(
     """Generation `index`'s events; settled when it finishes, released when it fails.
 
     `live`: each event reaches the client as it is yielded (a stream), so an upstream that
-    dies after delivering some is charged for them (module docstring); `run()` passes False.
+    dies after delivering some is charged for them (`metering.py`); `run()` passes False.
 
     With built-in tools this is the tool loop (module docstring): one or more rounds, each
-    held and settled on its own, ending with one `Usage` (the rounds' sum) and one `Finished`.
+    held and settled on its own, ending with one `Usage` (the rounds' sum), one `Charged` and one
+    `Finished`.
     """
     request = admission.generations[index].request
     admissions = admission.admissions
