@@ -8,12 +8,17 @@ read nothing; their connections' send buffers are small (`send_buffer`), so the 
 a few KiB rather than the few MiB loopback buffers hold. Then another account's small request
 must complete in its normal time, and each stalled stream's usage row says it was cut and charges
 what was produced (no more than what the client had been sent, plus the stream's read-ahead).
+The Runware WebSocket, whose tasks never wait on their socket, is checked for the other half:
+an unread socket is closed and none of its replies is lost (see its section below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import socket
 import time
 import uuid
@@ -23,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from kimiserve.domain.types import Event, GenerationRequest
 from kimiserve.engines.base import Capabilities
@@ -165,3 +171,128 @@ def test_unread_runware_streams_are_cut_and_charged_for_what_was_sent(stall_serv
         assert b"[DONE]" not in raw
         assert row["outcome"] == "disconnected"
         assert sent <= row["completion_tokens"] <= sent + READ_AHEAD < WORDS
+
+
+# ---- the Runware WebSocket --------------------------------------------------------------------
+# A WebSocket task never waits on its socket (replies are whole frames, queued for one sender),
+# so an unread socket holds no engine sequence; what must hold is that it is closed once a
+# frame's send waits the write timeout, and that none of its replies is lost: each was either
+# read before the cut or is handed over when the session is resumed.
+
+TASKS_PER_SOCKET = 16  # each reply ~20 KiB: together far past the buffers (the transport holds 64 KiB)
+
+
+def _ws_frame(text: str) -> bytes:
+    """One masked client text frame (RFC 6455 section 5.2)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    size = len(payload)
+    head = bytes([0x81]) + (
+        bytes([0x80 | size])
+        if size < 126
+        else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        if size < 65536
+        else bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _ws_frames(raw: bytes) -> tuple[list[dict[str, Any]], int | None]:
+    """The server's (unmasked) frames in `raw`: its JSON text frames, and its close code."""
+    frames: list[dict[str, Any]] = []
+    at = 0
+    while at + 2 <= len(raw):
+        opcode, size = raw[at] & 0x0F, raw[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size, at = int.from_bytes(raw[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(raw[at : at + 8], "big"), at + 8
+        if at + size > len(raw):
+            break  # cut mid-frame
+        payload, at = raw[at : at + size], at + size
+        if opcode == 0x1:
+            frames.append(json.loads(payload))
+        elif opcode == 0x8:
+            return frames, int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+    return frames, None
+
+
+def _ws_unread(server: InProcess) -> tuple[socket.socket, str]:
+    """A raw-socket WebSocket that authenticates, then sends its tasks and reads nothing more.
+    (socket, session id)."""
+    sock = _connect(server)
+    handshake = (
+        "GET /v1 HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(handshake.encode())
+    sock.settimeout(10)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(4096)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.sendall(_ws_frame(json.dumps([{"taskType": "authentication", "apiKey": server.key}])))
+    while not _ws_frames(rest)[0]:
+        rest += sock.recv(4096)
+    [auth] = _ws_frames(rest)[0]
+    return sock, auth["data"][0]["connectionSessionUUID"]
+
+
+def _ws_task() -> dict[str, Any]:
+    return {
+        "taskType": "textInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "moonshotai:kimi@2.6",
+        "messages": [{"role": "user", "content": LONG}],
+        "settings": {"maxTokens": WORDS + 1},
+    }
+
+
+async def _resumed(server: InProcess, session: str, want: set[str]) -> set[str]:
+    """The task UUIDs whose replies a resumed session hands over (until `want` is met)."""
+    got: set[str] = set()
+    url = server.base_url.replace("http://", "ws://") + "/v1"
+    async with websockets.connect(url, max_size=None) as ws:
+        task = {"taskType": "authentication", "apiKey": server.key, "connectionSessionUUID": session}
+        await ws.send(json.dumps([task]))
+        with contextlib.suppress(TimeoutError):
+            while not want <= got:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                got |= {item.get("taskUUID") for item in frame.get("data", [])}
+    return got
+
+
+def _stuck_sockets(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("not reading" in r.getMessage() for r in caplog.records if r.name.endswith("runware.ws"))
+
+
+def test_unread_websockets_are_closed_and_lose_no_reply(
+    stall_server: InProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened = [_ws_unread(stall_server) for _ in range(N)]
+    tasks = [[_ws_task() for _ in range(TASKS_PER_SOCKET)] for _ in opened]
+    for (sock, _), batch in zip(opened, tasks, strict=True):
+        sock.sendall(_ws_frame(json.dumps(batch)))
+    everything = {t["taskUUID"] for batch in tasks for t in batch}
+    deadline = time.monotonic() + 30  # every task ran to its end: none waited on its socket
+    while not all(usage_rows(stall_server.data_dir, t) for t in everything):
+        assert time.monotonic() < deadline, "the tasks of unread sockets never finished"
+        time.sleep(0.05)
+    assert _small_request_time(stall_server) < NORMAL_S
+    while _stuck_sockets(caplog) < N:  # reading any of them sooner would unblock its sender
+        assert time.monotonic() < deadline, "the unread sockets were never closed"
+        time.sleep(0.05)
+    for (sock, session), batch in zip(opened, tasks, strict=True):
+        read, code = _ws_frames(_read_all(sock))  # what it had been sent, then the server's close
+        assert code == 1008 or code is None  # the close frame itself may not fit the full buffer
+        before = {item["taskUUID"] for frame in read for item in frame.get("data", [])}
+        want = {t["taskUUID"] for t in batch}
+        assert before < want, "nothing was held back: the buffers did not fill"
+        after = asyncio.run(_resumed(stall_server, session, want - before))
+        assert want - before <= after, f"replies lost: {want - before - after}"
+        for task in batch:
+            [row] = usage_rows(stall_server.data_dir, task["taskUUID"])
+            assert row["outcome"] == "completed"
