@@ -96,9 +96,11 @@ def classify(mode: str, schema: Any, status: int, reply: dict[str, Any]) -> tupl
     if status != 200:
         return "other", f"HTTP {status}: {json.dumps(reply)[:160]}"
     choice = reply["choices"][0]
-    if choice["finish_reason"] == "length":
-        return "cut", ""
     message = choice["message"]
+    if choice["finish_reason"] == "length":
+        calls = message.get("tool_calls") or []
+        text = calls[0]["function"]["arguments"] if calls else message.get("content") or ""
+        return "cut", f"...{text[-100:]!r}"
     if mode == "tools":
         calls = message.get("tool_calls") or []
         if not calls:

@@ -50,6 +50,7 @@ class JsonTail:
     number_ok: bool = False  # the number so far is complete (ends with a digit)
     literal: bytes = b""  # what remains of true/false/null
     broken: bool = False
+    digits: int = 0  # digits of the number being read (`jsonguard.py` bounds them)
 
     def copy(self) -> JsonTail:
         return JsonTail(
@@ -61,6 +62,7 @@ class JsonTail:
             self.number_ok,
             self.literal,
             self.broken,
+            self.digits,
         )
 
     def feed(self, data: bytes) -> None:
@@ -118,6 +120,7 @@ class JsonTail:
         elif mode == NUMBER:
             if byte in NUMBER_BYTES:
                 self.number_ok = ord("0") <= byte <= ord("9")
+                self.digits += self.number_ok
             else:
                 self.mode = AFTER
                 self._byte(byte)
@@ -164,6 +167,7 @@ class JsonTail:
             self.mode, self.key, self.escape = STRING, False, 0
         elif byte == ord("-") or ord("0") <= byte <= ord("9"):
             self.mode, self.number_ok = NUMBER, byte != ord("-")
+            self.digits = int(self.number_ok)
         elif byte in LITERALS:
             self.mode, self.literal = LITERAL, LITERALS[byte]
         elif byte == ord("]") and self.fresh and self.stack and self.stack[-1] == ord("["):

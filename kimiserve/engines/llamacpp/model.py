@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp as llama
 
 from kimiserve.engines.llamacpp.config import LlamaCppConfig
+from kimiserve.engines.llamacpp.jsonguard import TokenClasses
 from kimiserve.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class NativeModel:
         self.eog_tokens = frozenset(t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, t))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        # What each token's text starts with or is made of, for `jsonguard.JsonGuard`.
+        self.json_tokens = TokenClasses.of([self.piece(t) for t in range(self.n_vocab)])
         self.chat_template = self.meta("tokenizer.chat_template")
         self.bos_text = self._special_text(llama.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama.llama_vocab_eos(self.vocab))

@@ -7,7 +7,8 @@ Unconstrained sequences never leave llama.cpp's own `llama_sampler_sample`. A co
 carries an llguidance matcher (`grammar.py`): the scheduler has its token mask computed on a
 thread pool while the batch decodes (`compute_mask`, GIL released), then `sample_logits` applies
 the mask to the sequence's logits (numpy, ~100 µs for 49k tokens), runs the chain on what is
-left and the matcher consumes the token. Under a JSON grammar with `max_tokens`, `JsonTail`
+left and the matcher consumes the token. Under a JSON grammar, `JsonGuard` (`jsonguard.py`)
+first narrows the mask so that numbers end and loops wind up. With `max_tokens`, `JsonTail`
 (`jsonclose.py`) closes the JSON before the budget runs out, when `may_close` accepts the closed
 text (see the rule in `jsonclose.py`); otherwise the output is cut as it stands.
 
@@ -27,6 +28,7 @@ import numpy.typing as npt
 from kimiserve.domain.types import Sampling
 from kimiserve.engines.llamacpp.grammar import Grammar
 from kimiserve.engines.llamacpp.jsonclose import JsonTail
+from kimiserve.engines.llamacpp.jsonguard import JsonGuard
 from kimiserve.engines.llamacpp.model import NativeModel
 from kimiserve.errors import EngineError, GrammarError
 
@@ -82,6 +84,7 @@ class SamplerChain:
         self._grammar = grammar
         self.matcher = grammar.matcher() if grammar is not None else None
         self.tail = JsonTail() if grammar is not None and grammar.json else None
+        self.guard = JsonGuard(model.json_tokens) if self.tail is not None else None
         self._may_close = may_close
         self._json = bytearray()  # what the tail has read: the JSON so far
         self.closing = False  # tokens are being forced to close the JSON before max_tokens
@@ -127,6 +130,7 @@ class SamplerChain:
             return
         self.matcher = grammar.matcher()
         self.tail = JsonTail() if grammar.json else None
+        self.guard = JsonGuard(self._model.json_tokens) if self.tail is not None else None
         self._json = bytearray()
         self.closing = False
         self.closing_valid = True
@@ -195,9 +199,11 @@ class SamplerChain:
             return self._force()
         if self.matcher.is_error():
             raise EngineError(f"The grammar failed while generating: {self.matcher.get_error()[:200]}")
-        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._model.n_vocab]
+        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._model.n_vocab].astype(bool)
+        if self.guard is not None and self.tail is not None:
+            bits = self.guard.narrow(self.tail, self._json, bits)
         cand = self._candidates
-        cand.fill(logits, bits.astype(bool))
+        cand.fill(logits, bits)
         llama.llama_sampler_apply(self.handle, ctypes.byref(cand.array))
         token = cand.selected()
         if self.tail is not None and remaining is not None and token not in self._eog:
