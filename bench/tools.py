@@ -1,12 +1,13 @@
 """JSONSchemaBench schemas through a running kimiserve: forced tool calls and json_schema outputs.
 
     .venv/bin/python bench/tools.py --data DIR [--folders Glaiveai2K,Github_medium]
-                                    [--per-folder 60] [--max-tokens 384] [--concurrency 4]
+                                    [--per-folder 60] [--spread] [--max-tokens 384] [--concurrency 4]
     .venv/bin/python bench/tools.py --data DIR --compile-only [--folders ...]
 
 DIR holds JSONSchemaBench's `data/` folders (github:guidance-ai/jsonschemabench). That mirror has
 no train/test split, so the sample is fixed and documented: the first `--per-folder` files of
-each folder sorted by name (RESULTS.md lists the folders and the count). A kimiserve server
+each folder sorted by name, or with `--spread` that many spaced evenly over the sorted folder
+(RESULTS.md lists the folders, the count and the option). A kimiserve server
 process with the embedded model (tests/serverproc.py) answers two requests per schema over HTTP:
 
 - `tools`: the schema is the parameters of the one tool, `tool_choice` names it;
@@ -46,8 +47,11 @@ TOOL_PROMPT = "Call the tool with realistic arguments."
 JSON_PROMPT = "Answer with a realistic example of the requested JSON."
 
 
-def sample(folder: Path, n: int) -> list[tuple[str, str]]:
-    return [(p.name, p.read_text()) for p in sorted(folder.glob("*.json"))[:n]]
+def sample(folder: Path, n: int, spread: bool = False) -> list[tuple[str, str]]:
+    """The first `n` files by name, or (`spread`) `n` spaced evenly over the sorted folder."""
+    files = sorted(folder.glob("*.json"))
+    picked = [files[i * len(files) // n] for i in range(min(n, len(files)))] if spread else files[:n]
+    return [(p.name, p.read_text()) for p in picked]
 
 
 def tool_name(file_name: str) -> str:
@@ -176,6 +180,7 @@ async def main() -> None:
     parser.add_argument("--per-folder", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--spread", action="store_true", help="sample evenly over each folder")
     parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args()
     if args.compile_only:
@@ -192,7 +197,7 @@ async def main() -> None:
             ) as client:
                 model = (await client.get("/v1/models")).json()["data"][0]["id"]
                 for folder in args.folders.split(","):
-                    schemas = sample(args.data / folder, args.per_folder)
+                    schemas = sample(args.data / folder, args.per_folder, args.spread)
                     rows.append(
                         (folder, len(schemas), await run_folder(client, folder, schemas, args, model))
                     )

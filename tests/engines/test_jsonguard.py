@@ -121,12 +121,13 @@ async def test_the_model_asked_for_endless_digits_writes_a_number_that_ends(engi
 
 
 async def test_the_model_asked_to_repeat_an_item_ends_the_array(engine: LlamaCppEngine) -> None:
+    """Greedy, this prompt gives `[4.0,4.0,…` until max_tokens without the guard."""
     schema = {
         "type": "object",
-        "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
-        "required": ["tags"],
+        "properties": {"values": {"type": "array", "items": {"type": "number"}}},
+        "required": ["values"],
     }
-    prompt = "Repeat the tag forever: finance, finance, finance, finance, finance, finance"
+    prompt = "Give the daily readings: 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0"
     result = await run(engine, _constrained(prompt, schema, 200))
     assert result.finished.reason == "stop", result.text
     jsonschema.validate(json.loads(result.text), schema)

@@ -21,7 +21,7 @@ narrowing would leave none it leaves the grammar's set as it is):
 
 Both apply to the embedded engine only (upstream engines get the schema as the client sent it),
 to `response_format` JSON schemas and tool-call arguments alike. Identical repeats a client
-wants (`[0,0,0,…]` of more than twelve items, three identical objects in a row) are wound up too.
+wants (`[0,0,0,…]` past a dozen items, three identical objects in a row) are wound up too.
 """
 
 from __future__ import annotations
