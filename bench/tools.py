@@ -20,6 +20,7 @@ is refused as unenforceable (by keyword) and what does not compile.
 Each output is validated with jsonschema (draft from `$schema`, 2020-12 by default) and its
 FormatChecker. Every failure is classified and listed: `cut` (finish_reason length), `format`
 (the first error is a `format` error), `refused` (a 400 saying a keyword cannot be enforced),
+`unsatisfiable` (a 400 saying the schema admits no value: a defect of the schema),
 `compile` (any other 400: the grammar did not compile), `invalid` (another validation error),
 `no call`. No anchor run is printed: the venv has no llama-server, and llama-cpp-python's own
 JSON-schema grammar (GBNF) is the converter the engine replaced because it crashed on these
@@ -96,6 +97,8 @@ def verdict(schema: Any, text: str) -> tuple[str, str]:
 def classify(mode: str, schema: Any, status: int, reply: dict[str, Any]) -> tuple[str, str]:
     if status == 400:
         message = str(reply.get("error", {}).get("message", ""))
+        if "admits no value" in message:
+            return "unsatisfiable", message[:160]
         return ("refused" if "cannot enforce" in message else "compile"), message[:160]
     if status != 200:
         return "other", f"HTTP {status}: {json.dumps(reply)[:160]}"

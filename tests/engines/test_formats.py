@@ -120,3 +120,45 @@ def test_rewrites_narrow_the_schema_and_drop_annotations() -> None:
     assert out["properties"]["scalar"] == {"type": ["string", "number", "integer", "boolean"]}
     assert out["properties"]["dependencies"] == {"type": "string", "format": "uri"}  # a name, not a keyword
     assert enforceable({"type": "string", "format": "date"})["pattern"].startswith("^[0-9]{4}-")
+
+
+ONE_OF_SETS = [
+    [["radius"], ["side"], ["base", "height"]],  # JSONSchemaBench Glaiveai2K/calculate_area_6fd20e8d
+    [["a"], ["a", "b"]],  # `a` alone is the only output matching one branch
+    [["a", "b"], ["b", "c"], ["c"]],
+    [["a"], ["a"]],  # nothing matches exactly one
+]
+
+
+@pytest.mark.parametrize("sets", ONE_OF_SETS)
+def test_one_of_required_sets_admits_only_what_matches_exactly_one(sets: list[list[str]]) -> None:
+    names = sorted({n for s in sets for n in s})
+    original = {
+        "type": "object",
+        "properties": {n: {"type": "integer"} for n in names},
+        "oneOf": [{"required": s} for s in sets],
+    }
+    rewritten = enforceable(original)
+    admitted = []
+    for mask in range(2 ** len(names)):  # every object over the declared keys
+        value = {n: 1 for i, n in enumerate(names) if mask >> i & 1}
+        if rewritten is not False and jsonschema.Draft202012Validator(rewritten).is_valid(value):
+            admitted.append(set(value))
+            assert jsonschema.Draft202012Validator(original).is_valid(value), value
+    # narrower, never wider: each branch's own keys alone, where that matches one branch only
+    unique = [set(s) for s in sets if jsonschema.Draft202012Validator(original).is_valid(dict.fromkeys(s, 1))]
+    assert all(keys in admitted for keys in unique), (admitted, unique)
+    assert (not admitted) == (sets == [["a"], ["a"]])
+
+
+async def test_an_unsatisfiable_schema_is_a_400_that_says_so(engine: LlamaCppEngine) -> None:
+    """All four keys required, and exactly one of three sets of them: no object is valid."""
+    schema = {
+        "type": "object",
+        "properties": {n: {"type": "number"} for n in ("radius", "side", "base", "height")},
+        "required": ["radius", "side", "base", "height"],
+        "oneOf": [{"required": ["radius"]}, {"required": ["side"]}, {"required": ["base", "height"]}],
+    }
+    with pytest.raises(GrammarError) as caught:
+        await engine.check(json_request(schema, 0))
+    assert caught.value.parameter == "constraint" and "admits no value" in caught.value.message

@@ -17,6 +17,8 @@ rewritten without admitting an output the original schema rejects:
   required or `b` is declared; otherwise `a` is never written (`properties.a: false`).
   `dependencies` / `dependentSchemas` with a schema: `a` is never written unless required, in
   which case the schema joins an `allOf`.
+- `oneOf` whose branches only name required keys: each branch also leaves unwritten the keys
+  only the others require, so exactly one matches (llguidance enforces `oneOf` as `anyOf`).
 - `not`: `{}` (nothing validates) becomes `false`; `{"type": ...}` the other types;
   `{"required": [a, ...]}` leaves `a` unwritten. Other forms are refused.
 - Objects that declare their properties admit no others (`closed`): a small model otherwise
@@ -88,6 +90,8 @@ def enforceable(node: Any) -> Any:
             _add_pattern(out, FORMAT_PATTERNS[fmt])
     if "not" in out and _negation(out) is False:
         return False
+    if "oneOf" in out and _exactly_one(out) is False:
+        return False
     _dependencies(out)
     _property_counts(out)
     return out
@@ -128,6 +132,34 @@ def _negation(out: dict[str, Any]) -> Any:
             out["properties"] = {**out.get("properties", {}), first: False}
             return out
     return None
+
+
+def _exactly_one(out: dict[str, Any]) -> Any:
+    """Rewrite `out`'s `oneOf` in place where its branches only name required keys (`{"required":
+    [...]}`, the common "one of these sets of fields"): each branch becomes one that also leaves
+    unwritten the keys only other branches require, and a branch whose keys include all of
+    another's is dropped (both would match). Exactly one branch then matches each output, which
+    `anyOf` (llguidance's `oneOf`) does not ensure. False: no branch is left."""
+    branches = out["oneOf"]
+    if "anyOf" in out or not isinstance(branches, list) or not branches:
+        return None
+    sets: list[frozenset[str]] = []
+    for branch in branches:
+        names = branch.get("required") if isinstance(branch, dict) and set(branch) == {"required"} else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            return None
+        sets.append(frozenset(names))
+    named = frozenset().union(*sets)
+    kept = [
+        {"required": sorted(mine), "properties": {name: False for name in sorted(named - mine)}}
+        for i, mine in enumerate(sets)
+        if not any(other <= mine for j, other in enumerate(sets) if j != i)
+    ]
+    if not kept:
+        return False
+    del out["oneOf"]
+    out["anyOf"] = kept
+    return out
 
 
 def _child(key: str, value: Any) -> Any:
@@ -206,6 +238,9 @@ def refusal(message: str) -> str | None:
     if keys:
         names = ", ".join(f"`{k.strip().strip(chr(34))}`" for k in keys.group(1).split(","))
         return f"The JSON schema uses {names}, which this server cannot enforce; remove it."
+    if "Unsatisfiable schema" in message:
+        reason = " ".join(message[message.index("Unsatisfiable schema") :].split())[:200]
+        return f"The JSON schema admits no value ({reason}); fix the schema."
     if "lookaround" in message or "look-around" in message:
         return "A `pattern` of the JSON schema uses look-around, which this server cannot enforce."
     if "min/maxProperties" in message:
