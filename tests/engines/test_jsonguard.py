@@ -94,6 +94,13 @@ def test_a_loop_in_an_array_closes_the_array_and_what_is_opened_inside() -> None
     assert guard.loops == 1
 
 
+def test_a_loop_in_a_lone_string_ends_the_string() -> None:
+    guard = JsonGuard(CLASSES)
+    data = b'"' + b"fin" * 10
+    assert picks(guard.narrow(fed(data), data, allowed(b"fin", b"a", b'"'))) == {b'"'}
+    assert guard.loops == 1
+
+
 def test_the_grammar_has_the_last_word() -> None:
     """Where the grammar allows no closing token (a required key to come), nothing is dropped."""
     guard = JsonGuard(CLASSES)

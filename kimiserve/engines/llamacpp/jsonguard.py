@@ -94,11 +94,11 @@ class JsonGuard:
         if tail.broken:
             return allowed
         depth = len(tail.stack)
-        if self._winding is not None and depth < self._winding:
+        if self._winding is not None and (depth < self._winding or tail.done):
             self._winding = None
             self._since = len(data)  # the loop wound up is still in the bytes just before
         if self._winding is None and looping(data[self._since :]):
-            self._winding = max(depth, 1)
+            self._winding = depth  # 0: the JSON is one string or number, which then ends
             self.loops += 1
         classes = self._classes
         tiers: list[Bits] = []
