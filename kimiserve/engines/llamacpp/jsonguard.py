@@ -7,17 +7,18 @@ function schemas (bench/tools.py), every failure was such a loop cut by `max_tok
 narrows the tokens the grammar allows (it never admits one the grammar refuses, and when the
 narrowing would leave none it leaves the grammar's set as it is):
 
-- **A number has at most 17 digits** (`MAX_DIGITS`, the significant digits a double holds;
-  JSON parsers read more as noise): from the 17th digit on, a token that would go on with the
+- **A number has at most 17 digits** (`MAX_DIGITS`, the significant digits a double holds):
+  from the 17th digit on, a token that would go on with the
   number (a digit, `.`, an exponent) is dropped, so the number ends.
 - **A loop winds its container up.** When the last `max(3p, 24)` bytes of the JSON repeat with
   a period of `p` bytes (1 ≤ p ≤ 128; one byte in eight may differ, for counters such as
-  `_31_`, `_32_`), the innermost object or array is closed as soon as the grammar allows, and so
-  is any container opened inside it meanwhile: a string value ends (a token made only of `"`,
-  `]`, `}` first, then one starting with `"`), a number ends, and after a value a token made of
-  `]`/`}` is preferred. Where the grammar allows none of those (a required key still to come, a
-  `minItems` not reached) the model picks as usual. The wind-up ends when that container closes;
-  the next loop is looked for in what is written after that.
+  `_31_`, `_32_`; looked for every `CHECK_EVERY` bytes), the innermost object or array is
+  closed as soon as the grammar allows, and so is any container opened inside it meanwhile:
+  a string value ends (a token made only of `"`, `]`, `}` first, then one starting with `"`), a
+  number ends, and after a value a token made of `]`/`}` is preferred. Where the grammar allows
+  none of those (a required key still to come, a `minItems` not reached) the model picks as
+  usual. The wind-up ends when that container closes; the next loop is looked for in what is
+  written after that.
 
 Both apply to the embedded engine only (upstream engines get the schema as the client sent it),
 to `response_format` JSON schemas and tool-call arguments alike. Identical repeats a client
@@ -38,6 +39,7 @@ MAX_DIGITS = 17
 MAX_PERIOD = 128
 MIN_LOOP = 24  # bytes: the shortest run taken as a loop
 MISMATCH = 8  # one compared byte in this many may differ
+CHECK_EVERY = 8  # bytes written between two looks for a loop (a look costs ~100 µs)
 
 Bits = npt.NDArray[np.bool_]
 
@@ -87,6 +89,7 @@ class JsonGuard:
         self._classes = classes
         self._winding: int | None = None  # the depth of the container being wound up
         self._since = 0  # where the JSON may next be looked at for a loop (after the last one)
+        self._checked = 0  # the JSON's length when it was last looked at
         self.loops = 0  # loops wound up so far
 
     def narrow(self, tail: JsonTail, data: bytes | bytearray, allowed: Bits) -> Bits:
@@ -97,9 +100,11 @@ class JsonGuard:
         if self._winding is not None and (depth < self._winding or tail.done):
             self._winding = None
             self._since = len(data)  # the loop wound up is still in the bytes just before
-        if self._winding is None and looping(data[self._since :]):
-            self._winding = depth  # 0: the JSON is one string or number, which then ends
-            self.loops += 1
+        if self._winding is None and len(data) >= self._checked + CHECK_EVERY:
+            self._checked = len(data)
+            if looping(data[self._since :]):
+                self._winding = depth  # 0: the JSON is one string or number, which then ends
+                self.loops += 1
         classes = self._classes
         tiers: list[Bits] = []
         number_open = tail.mode == NUMBER and tail.number_ok
