@@ -8,8 +8,8 @@ narrows the tokens the grammar allows (it never admits one the grammar refuses, 
 narrowing would leave none it leaves the grammar's set as it is):
 
 - **A number has at most 17 digits** (`MAX_DIGITS`, the significant digits a double holds):
-  from the 17th digit on, a token that would go on with the
-  number (a digit, `.`, an exponent) is dropped, so the number ends.
+  from the 17th digit on, a token that would go on with the number (a digit, `.`, an
+  exponent) is dropped, so the number ends.
 - **A loop winds its container up.** When the last `max(3p, 24)` bytes of the JSON repeat with
   a period of `p` bytes (1 ≤ p ≤ 128; one byte in eight may differ, for counters such as
   `_31_`, `_32_`; looked for every `CHECK_EVERY` bytes), the innermost object or array is
