@@ -70,7 +70,7 @@ def looping(data: bytes | bytearray) -> bool:
     """Whether `data` ends in a run that repeats with a period of at most MAX_PERIOD bytes."""
     if len(data) < MIN_LOOP:
         return False
-    tail = np.frombuffer(bytes(data[-3 * MAX_PERIOD - MAX_PERIOD :]), dtype=np.uint8)
+    tail = np.frombuffer(bytes(data[-3 * MAX_PERIOD :]), dtype=np.uint8)  # the longest window
     for period in range(1, MAX_PERIOD + 1):
         size = max(3 * period, MIN_LOOP)
         if size > len(tail):

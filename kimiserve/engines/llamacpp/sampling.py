@@ -83,12 +83,8 @@ class SamplerChain:
         self._eog = model.eog_tokens
         self._grammar = grammar
         self.matcher = grammar.matcher() if grammar is not None else None
-        self.tail = JsonTail() if grammar is not None and grammar.json else None
-        self.guard = JsonGuard(model.json_tokens) if self.tail is not None else None
         self._may_close = may_close
-        self._json = bytearray()  # what the tail has read: the JSON so far
-        self.closing = False  # tokens are being forced to close the JSON before max_tokens
-        self.closing_valid = True  # ...and the grammar accepted every one (else it is not asked again)
+        self._start_json()
         # The grammar applies from activate() on (after a reasoning section or a call marker).
         self.active = active
         try:
@@ -129,12 +125,17 @@ class SamplerChain:
         if grammar is None:
             return
         self.matcher = grammar.matcher()
-        self.tail = JsonTail() if grammar.json else None
-        self.guard = JsonGuard(self._model.json_tokens) if self.tail is not None else None
-        self._json = bytearray()
-        self.closing = False
-        self.closing_valid = True
+        self._start_json()
         self.active = False
+
+    def _start_json(self) -> None:
+        """Follow the JSON the grammar writes from its first byte: tail, guard, text, closing."""
+        json_grammar = self._grammar is not None and self._grammar.json
+        self.tail = JsonTail() if json_grammar else None
+        self.guard = JsonGuard(self._model.json_tokens) if json_grammar else None
+        self._json = bytearray()  # what the tail has read: the JSON so far
+        self.closing = False  # tokens are being forced to close the JSON before max_tokens
+        self.closing_valid = True  # ...and the grammar accepted every one (else it is not asked again)
 
     def accept_forced(self, token: int) -> None:
         """A token the engine wrote itself (not sampled): the chain's history sees it."""
